@@ -1,0 +1,8 @@
+"""Server-Sent Events for Flask."""
+
+from .brokers.base import BrokerError
+from .event import Event
+from .extension import SSE
+from .stream import MISSED_EVENT
+
+__all__ = ["SSE", "Event", "BrokerError", "MISSED_EVENT"]

@@ -1,0 +1,114 @@
+"""The broker contract: what the stream layer needs from a transport, and nothing more.
+
+Every event on a channel has a *position*, ``(milliseconds, sequence)``, that increases with
+each publish (a Redis Stream entry id has the same shape). The event's *id* on the wire is the
+publisher's id when one was given, else the position written as ``"<ms>-<seq>"``. Either form
+works as a ``Last-Event-ID`` cursor.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
+
+from ..event import frame
+
+__all__ = [
+    "Broker",
+    "BrokerError",
+    "Message",
+    "Position",
+    "Replay",
+    "format_position",
+    "parse_position",
+]
+
+Position = Tuple[int, int]
+
+_POSITION = re.compile(r"(\d{1,19})-(\d{1,19})")
+
+
+def parse_position(text: str) -> Optional[Position]:
+    """``"1700000000000-3"`` to ``(1700000000000, 3)``; ``None`` if it is not a position."""
+    match = _POSITION.fullmatch(text)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_position(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+class BrokerError(RuntimeError):
+    """The broker could not take or read an event (for example, Redis is unreachable)."""
+
+
+class Message:
+    """One published event as it travels from the broker to the streams.
+
+    ``body`` holds the encoded ``event``/``retry``/``data`` lines; ``frame`` adds the ``id``
+    line and is shared by every single-channel stream that sends it.
+    """
+
+    __slots__ = ("channel", "position", "id", "body", "frame")
+
+    def __init__(self, channel: str, position: Position, id: Optional[str], body: bytes) -> None:
+        self.channel = channel
+        self.position = position
+        self.id = format_position(position) if id is None else id
+        self.body = body
+        self.frame = frame(body, self.id)
+
+    def __repr__(self) -> str:
+        return f"Message({self.channel!r}, {self.position!r}, id={self.id!r})"
+
+
+class Replay(NamedTuple):
+    """What a channel holds after a cursor."""
+
+    #: Events after the cursor, oldest first.
+    messages: List[Message]
+    #: The channel's newest position (the cursor to use when nothing newer is known).
+    head: Position
+    #: True when the cursor was unknown or older than the history kept: events were lost.
+    missed: bool
+
+
+#: A cursor: a wire id (publisher id or position text), an exact position, or ``None`` for now.
+Cursor = Union[str, Position, None]
+
+
+class Broker(ABC):
+    """A transport: stores each channel's recent history and delivers new events live.
+
+    One broker serves one app in one process. ``start`` is called once, before the first
+    ``subscribe``; ``deliver`` may be called from a broker's own greenlet or thread.
+    """
+
+    @abstractmethod
+    def start(self, deliver: Callable[[Message], None]) -> None:
+        """Begin delivering live messages of subscribed channels to ``deliver``."""
+
+    @abstractmethod
+    def subscribe(self, channel: str) -> None:
+        """Deliver ``channel``'s events from now on (called when its first local client comes)."""
+
+    @abstractmethod
+    def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel`` (called when its last local client leaves)."""
+
+    @abstractmethod
+    def publish(self, channel: str, body: bytes, id: Optional[str] = None) -> Message:
+        """Append an encoded event to ``channel``'s history and deliver it.
+
+        Raises ``BrokerError`` when the event could not be stored and sent.
+        """
+
+    @abstractmethod
+    def replay(self, channel: str, cursor: Cursor) -> Replay:
+        """Events of ``channel`` after ``cursor``, and whether any were lost."""
+
+    def close(self) -> None:
+        """Release connections and background work."""

@@ -1,0 +1,107 @@
+"""``SSE_*`` configuration keys: defaults, validation, and the frozen settings read at init."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+__all__ = ["Settings", "DEFAULTS", "load_settings", "validate_channel", "CHANNEL_PATTERN"]
+
+#: Channel names: 1 to 200 of letters, digits and ``-_.:@/``.
+CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_\-.:@/]{1,200}")
+
+DEFAULTS: Dict[str, Any] = {
+    "SSE_URL_PREFIX": "/stream",
+    "SSE_REDIS_URL": None,
+    "SSE_RETRY": 3000,
+    "SSE_HEARTBEAT_INTERVAL": 15.0,
+    "SSE_MAX_CONNECTION_AGE": None,
+    "SSE_HISTORY_SIZE": 1000,
+    "SSE_CLIENT_QUEUE_SIZE": 1000,
+    "SSE_MAX_EVENT_BYTES": 1024 * 1024,
+    "SSE_MAX_CHANNELS_PER_CONNECTION": 20,
+}
+
+
+def validate_channel(channel: Any) -> str:
+    """Return ``channel`` if it is a valid channel name, else raise ``ValueError``."""
+    if not isinstance(channel, str) or CHANNEL_PATTERN.fullmatch(channel) is None:
+        raise ValueError(
+            f"Invalid SSE channel name {channel!r}: use 1 to 200 characters among "
+            "letters, digits and - _ . : @ /"
+        )
+    return channel
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one app, read once by ``init_app``."""
+
+    url_prefix: str
+    redis_url: Optional[str]
+    retry: int
+    heartbeat_interval: float
+    max_connection_age: Optional[float]
+    history_size: int
+    client_queue_size: int
+    max_event_bytes: int
+    max_channels_per_connection: int
+
+
+def _int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{key} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda key, value: None if value is None else check(key, value)
+
+
+def _url_prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"{key} must be a path starting with '/', got {value!r}")
+    return value.rstrip("/") or "/"
+
+
+def _redis_url(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{key} must be a redis://, rediss:// or unix:// URL, got {value!r}")
+    return value
+
+
+_CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
+    ("SSE_URL_PREFIX", "url_prefix", _url_prefix),
+    ("SSE_REDIS_URL", "redis_url", _optional(_redis_url)),
+    ("SSE_RETRY", "retry", lambda k, v: _int(k, v, 0)),
+    ("SSE_HEARTBEAT_INTERVAL", "heartbeat_interval", _seconds),
+    ("SSE_MAX_CONNECTION_AGE", "max_connection_age", _optional(_seconds)),
+    ("SSE_HISTORY_SIZE", "history_size", lambda k, v: _int(k, v, 0)),
+    ("SSE_CLIENT_QUEUE_SIZE", "client_queue_size", lambda k, v: _int(k, v, 1)),
+    ("SSE_MAX_EVENT_BYTES", "max_event_bytes", lambda k, v: _int(k, v, 1)),
+    ("SSE_MAX_CHANNELS_PER_CONNECTION", "max_channels_per_connection", lambda k, v: _int(k, v, 1)),
+)
+
+
+def load_settings(config: Dict[str, Any], options: Mapping[str, Any]) -> Settings:
+    """Fill in defaults (constructor ``options`` first, then ``DEFAULTS``) and validate.
+
+    ``options`` are lower-case key names without the prefix (``heartbeat_interval=5``);
+    values in the app's config win over them. Raises ``ValueError`` naming a bad key and
+    ``TypeError`` for an unknown option.
+    """
+    for name in options:
+        if "SSE_" + name.upper() not in DEFAULTS:
+            raise TypeError(f"SSE() got an unknown option {name!r}")
+    values = {}
+    for key, attr, check in _CHECKS:
+        config.setdefault(key, options.get(attr, DEFAULTS[key]))
+        values[attr] = check(key, config[key])
+    return Settings(**values)

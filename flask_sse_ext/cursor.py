@@ -1,0 +1,49 @@
+"""Compound cursors: one ``Last-Event-ID`` that resumes every channel of a multi-channel stream.
+
+A compound cursor is ``~`` followed by one token per channel, in the sorted order of the
+stream's channel names, joined by ``.``; a token is the position's milliseconds in base 36,
+with ``-`` and the sequence in base 36 when it is not zero. It uses only letters, digits and
+``~.-``, so a browser may send it cross-origin, and it stays short.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Sequence
+
+from .brokers.base import Position
+
+__all__ = ["encode_compound", "decode_compound"]
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_TOKEN = re.compile(r"([0-9a-z]{1,13})(?:-([0-9a-z]{1,13}))?")
+
+
+def _b36(number: int) -> str:
+    if number == 0:
+        return "0"
+    out = []
+    while number:
+        number, rem = divmod(number, 36)
+        out.append(_DIGITS[rem])
+    return "".join(reversed(out))
+
+
+def encode_compound(positions: Sequence[Position]) -> str:
+    return "~" + ".".join(
+        _b36(ms) + ("-" + _b36(seq) if seq else "") for ms, seq in positions
+    )
+
+
+def decode_compound(text: str, count: int) -> Optional[List[Position]]:
+    """The positions in ``text``, or ``None`` if it is not a compound cursor of ``count`` channels."""
+    if not text.startswith("~") or len(text) > 28 * count:
+        return None
+    positions = []
+    for token in text[1:].split("."):
+        match = _TOKEN.fullmatch(token)
+        if match is None:
+            return None
+        ms, seq = match.groups()
+        positions.append((int(ms, 36), int(seq, 36) if seq else 0))
+    return positions if len(positions) == count else None

@@ -1,0 +1,117 @@
+"""Per-process fan-out: one broker subscription per channel, one bounded queue per client.
+
+The hub hands every client of a channel the same ``Message`` object, so an event is encoded
+once however many clients read it. A client whose queue is full is cut (its stream ends and
+the browser reconnects with ``Last-Event-ID``), which bounds a worker's memory per client.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable, Deque, Dict, Optional, Set, Tuple
+
+from .brokers.base import Broker, Message
+
+__all__ = ["Client", "Hub"]
+
+#: Why a stream ended early.
+LAGGED = "lagged"
+GONE = "gone"
+SHUTDOWN = "shutdown"
+
+
+class Client:
+    """One open stream's inbox. ``put`` never blocks; the stream drains ``queue`` on ``wake``."""
+
+    __slots__ = ("channels", "queue", "wake", "maxsize", "closed", "abort")
+
+    def __init__(
+        self,
+        channels: Tuple[str, ...],
+        maxsize: int,
+        abort: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self.channels = channels
+        self.queue: Deque[Message] = deque()
+        # Looked up at call time: under gevent's monkey patching this is gevent's Event.
+        self.wake = threading.Event()
+        self.maxsize = maxsize
+        #: ``None`` while open, else why it must end (``lagged``, ``gone``, ``shutdown``).
+        self.closed: Optional[str] = None
+        #: Called when the client lags, to unblock a write stuck on a reader that stopped.
+        self.abort = abort
+
+    def put(self, message: Message) -> None:
+        if self.closed is not None:
+            return
+        if len(self.queue) >= self.maxsize:
+            self.close(LAGGED)
+            if self.abort is not None:
+                self.abort()
+            return
+        self.queue.append(message)
+        self.wake.set()
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self.wake.set()
+
+
+class Hub:
+    """Routes a broker's live messages to the clients of this process."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._lock = threading.Lock()
+        self._clients: Dict[str, Set[Client]] = {}
+        self._all: Set[Client] = set()
+        broker.start(self.deliver)
+
+    def attach(self, client: Client) -> None:
+        """Start routing ``client``'s channels to it, subscribing the broker to new ones."""
+        with self._lock:
+            self._all.add(client)
+            for channel in client.channels:
+                clients = self._clients.get(channel)
+                if clients is None:
+                    clients = self._clients[channel] = set()
+                    self.broker.subscribe(channel)
+                clients.add(client)
+
+    def detach(self, client: Client) -> None:
+        """Stop routing to ``client``; unsubscribe channels that no local client reads."""
+        with self._lock:
+            if client not in self._all:
+                return
+            self._all.discard(client)
+            for channel in client.channels:
+                clients = self._clients.get(channel)
+                if clients is None:
+                    continue
+                clients.discard(client)
+                if not clients:
+                    del self._clients[channel]
+                    self.broker.unsubscribe(channel)
+
+    def deliver(self, message: Message) -> None:
+        with self._lock:
+            clients = self._clients.get(message.channel)
+            if clients:
+                for client in clients:
+                    client.put(message)
+
+    def shutdown(self) -> None:
+        """End every open stream (after it sends what it has queued)."""
+        with self._lock:
+            for client in self._all:
+                client.close(SHUTDOWN)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._all)
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._clients)
