@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
@@ -130,6 +130,18 @@ class SSE:
                 f"({state.settings.max_event_bytes}); send a reference to the data instead"
             )
         return state.broker.publish(channel, body, id).id
+
+
+    def stats(self) -> Dict[str, int]:
+        """Counters of this process: open ``streams``, ``channels`` with local streams, and the
+        broker's live ``subscriptions``. Needs an app context."""
+        state = self._state()
+        hub = state.hub
+        return {
+            "streams": hub.client_count,
+            "channels": hub.channel_count,
+            "subscriptions": state.broker.subscriptions,
+        }
 
 
 def _channels() -> Tuple[str, ...]:

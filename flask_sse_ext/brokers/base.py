@@ -110,5 +110,10 @@ class Broker(ABC):
     def replay(self, channel: str, cursor: Cursor) -> Replay:
         """Events of ``channel`` after ``cursor``, and whether any were lost."""
 
+    @property
+    @abstractmethod
+    def subscriptions(self) -> int:
+        """How many channels this broker delivers live (for stats and leak checks)."""
+
     def close(self) -> None:
         """Release connections and background work."""

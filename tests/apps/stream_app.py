@@ -1,0 +1,44 @@
+"""The app the streaming tests serve under a real gunicorn gevent worker.
+
+Config comes from the ``SSE_TEST_CONFIG`` environment variable (JSON), so one module serves
+every configuration the tests need.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from typing import Any
+
+import greenlet
+from flask import Flask, jsonify, request
+
+from flask_sse_ext import SSE
+
+sse = SSE()
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config.update(json.loads(os.environ.get("SSE_TEST_CONFIG", "{}")))
+    sse.init_app(app)
+
+    @app.post("/publish")
+    def publish() -> Any:
+        try:
+            event_id = sse.publish(**request.get_json())
+        except ValueError as exc:
+            return jsonify(error=str(exc)), 400
+        return jsonify(id=event_id)
+
+    @app.get("/stats")
+    def stats() -> Any:
+        greenlets = sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet))
+        fds = len(os.listdir("/proc/self/fd"))
+        return jsonify({**sse.stats(), "greenlets": greenlets, "fds": fds, "pid": os.getpid()})
+
+    return app
+
+
+app = create_app()
