@@ -1,0 +1,118 @@
+"""The broker contract: history, replay and live delivery, the same for every backend."""
+
+from __future__ import annotations
+
+from typing import Iterator, List
+
+import pytest
+
+from flask_sse_ext.brokers.base import Broker, Message, format_position, parse_position
+from flask_sse_ext.brokers.memory import MemoryBroker
+
+
+@pytest.fixture(params=["memory"])
+def make_broker(request: pytest.FixtureRequest) -> Iterator[object]:
+    made: List[Broker] = []
+
+    def make(history_size: int = 5) -> Broker:
+        broker = MemoryBroker(history_size)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+def publish(broker: Broker, count: int, channel: str = "c", prefix: str = "e") -> List[Message]:
+    return [broker.publish(channel, f"data: {prefix}{i}\n".encode()) for i in range(count)]
+
+
+def test_positions_round_trip() -> None:
+    assert parse_position("1700000000000-3") == (1700000000000, 3)
+    assert format_position((1700000000000, 3)) == "1700000000000-3"
+    for bad in ["", "1", "1-", "-1", "a-1", "1-2-3", " 1-2", "1-2 ", "1" * 20 + "-1"]:
+        assert parse_position(bad) is None
+
+
+def test_replay_after_generated_id(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker()
+    messages = publish(broker, 4)
+    replay = broker.replay("c", messages[1].id)
+    assert [m.id for m in replay.messages] == [m.id for m in messages[2:]]
+    assert replay.head == messages[-1].position and not replay.missed
+    assert broker.replay("c", messages[-1].id) == ([], messages[-1].position, False)
+
+
+def test_replay_after_publisher_id_and_reused_id(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker()
+    broker.publish("c", b"data: a\n", "x")
+    b = broker.publish("c", b"data: b\n", "y")
+    c = broker.publish("c", b"data: c\n", "x")  # ids may repeat: the newest wins
+    assert [m.body for m in broker.replay("c", "y").messages] == [c.body]
+    assert broker.replay("c", "x").messages == []
+    assert b.frame == b"data: b\nid: y\n\n"
+
+
+def test_replay_by_position_tuple(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker()
+    messages = publish(broker, 3)
+    assert broker.replay("c", messages[0].position).messages == messages[1:]
+
+
+def test_expired_cursor_is_missed_and_starts_at_head(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker(history_size=3)
+    messages = publish(broker, 6)
+    # messages[2] was the last dropped: after it, everything is still kept.
+    assert broker.replay("c", messages[2].id) == (messages[3:], messages[-1].position, False)
+    # After messages[1], messages[2] is gone: the client missed it.
+    assert broker.replay("c", messages[1].id) == ([], messages[-1].position, True)
+
+
+def test_unknown_and_future_cursors_are_missed(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker()
+    messages = publish(broker, 2)
+    head = messages[-1].position
+    assert broker.replay("c", "never-issued") == ([], head, True)
+    future = format_position((head[0] + 10**6, 0))
+    assert broker.replay("c", future) == ([], head, True)
+    # A cursor from before this broker existed (a restart lost its history) is missed too.
+    assert broker.replay("c", "1-0") == ([], head, True)
+
+
+def test_empty_channel_head_is_a_usable_cursor(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker()
+    head = broker.replay("quiet", None).head
+    assert broker.replay("quiet", head) == ([], head, False)
+    later = broker.publish("quiet", b"data: now\n")
+    assert broker.replay("quiet", head).messages == [later]
+
+
+def test_evicted_publisher_id_is_forgotten(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker(history_size=2)
+    broker.publish("c", b"data: a\n", "a")
+    publish(broker, 3)
+    assert broker.replay("c", "a").missed
+
+
+def test_live_delivery_only_for_subscribed_channels(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker()
+    got: List[Message] = []
+    broker.start(got.append)
+    broker.subscribe("on")
+    assert broker.subscriptions == 1
+    on = broker.publish("on", b"data: 1\n")
+    broker.publish("off", b"data: 2\n")
+    broker.unsubscribe("on")
+    broker.publish("on", b"data: 3\n")
+    assert got == [on] and broker.subscriptions == 0
+
+
+def test_zero_history_keeps_nothing_but_delivers(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker(history_size=0)
+    got: List[Message] = []
+    broker.start(got.append)
+    broker.subscribe("c")
+    messages = publish(broker, 2)
+    assert got == messages
+    assert broker.replay("c", messages[0].id).missed

@@ -1,0 +1,198 @@
+"""The extension's API: init, config, publish, factories, several apps."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from flask import Flask, url_for
+
+import flask_sse_ext
+from flask_sse_ext import SSE, Event
+
+
+def history(app: Flask, channel: str) -> list:
+    """Every message the app's in-process broker keeps for ``channel``."""
+    broker = app.extensions["sse"].broker
+    return broker.replay(channel, broker._floor).messages
+
+
+def test_public_names() -> None:
+    assert sorted(flask_sse_ext.__all__) == ["BrokerError", "Event", "MISSED_EVENT", "SSE"]
+    for name in flask_sse_ext.__all__:
+        assert getattr(flask_sse_ext, name) is not None
+
+
+def test_state_lives_in_app_extensions(app: Flask, sse: SSE) -> None:
+    assert app.extensions["sse"].sse is sse
+    assert not hasattr(sse, "app")
+
+
+def test_url_for_stream(app: Flask, sse: SSE) -> None:
+    with app.test_request_context():
+        assert url_for("sse.stream", channel="news") == "/stream?channel=news"
+
+
+def test_url_prefix_from_config(app: Flask) -> None:
+    app.config["SSE_URL_PREFIX"] = "/events/"
+    SSE(app)
+    with app.test_request_context():
+        assert url_for("sse.stream") == "/events"
+
+
+def test_factory_and_two_apps_in_one_process() -> None:
+    sse = SSE()
+    apps = []
+    for prefix in ("/a", "/b"):
+        app = Flask(__name__)
+        app.config["SSE_URL_PREFIX"] = prefix
+        sse.init_app(app)
+        apps.append(app)
+    with apps[0].app_context():
+        sse.publish("only in a", channel="c")
+    for app, expected in zip(apps, [1, 0]):
+        with app.app_context():
+            assert len(history(app, "c")) == expected
+    client = apps[1].test_client()
+    assert client.get("/b?channel=c", buffered=False).status_code == 200
+    assert client.get("/a?channel=c").status_code == 404
+
+
+def test_registering_twice_is_a_clear_error(app: Flask, sse: SSE) -> None:
+    with pytest.raises(RuntimeError, match="already registered"):
+        sse.init_app(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        SSE(app)
+
+
+def test_publish_on_unregistered_app_says_what_to_do(app: Flask) -> None:
+    sse = SSE()
+    with app.app_context(), pytest.raises(RuntimeError, match="Did you forget to call 'init_app'"):
+        sse.publish("x")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("SSE_RETRY", -1),
+        ("SSE_RETRY", "3000"),
+        ("SSE_HEARTBEAT_INTERVAL", 0),
+        ("SSE_HEARTBEAT_INTERVAL", True),
+        ("SSE_HISTORY_SIZE", 1.5),
+        ("SSE_CLIENT_QUEUE_SIZE", 0),
+        ("SSE_MAX_EVENT_BYTES", None),
+        ("SSE_URL_PREFIX", "stream"),
+        ("SSE_REDIS_URL", "http://localhost"),
+        ("SSE_MAX_CONNECTION_AGE", -5),
+    ],
+)
+def test_bad_config_value_names_the_key(app: Flask, key: str, value: object) -> None:
+    app.config[key] = value
+    with pytest.raises(ValueError, match=key):
+        SSE(app)
+
+
+def test_constructor_options_are_defaults_under_config() -> None:
+    app = Flask(__name__)
+    app.config["SSE_RETRY"] = 500
+    SSE(app, retry=100, heartbeat_interval=2)
+    settings = app.extensions["sse"].settings
+    assert (settings.retry, settings.heartbeat_interval) == (500, 2.0)
+
+
+def test_unknown_option_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="heartbeat"):
+        SSE(heartbeat=5)
+
+
+def test_publish_returns_id_and_type_alias(app: Flask, sse: SSE) -> None:
+    with app.app_context():
+        generated = sse.publish({"a": 1}, type="update", channel="news")
+        given = sse.publish("hi", event="greeting", id="g-1", retry=10, channel="news")
+        messages = history(app, "news")
+    assert given == "g-1"
+    assert [m.id for m in messages] == [generated, "g-1"]
+    assert messages[0].frame == b'event: update\ndata: {"a":1}\nid: ' + generated.encode() + b"\n\n"
+    assert messages[1].frame == Event("hi", event="greeting", id="g-1", retry=10).encode()
+
+
+def test_generated_ids_increase(app: Flask, sse: SSE) -> None:
+    with app.app_context():
+        ids = [sse.publish(i) for i in range(50)]
+    positions = [tuple(map(int, i.split("-"))) for i in ids]
+    assert positions == sorted(positions) and len(set(positions)) == 50
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"event": "a", "type": "b"}, "not both"),
+        ({"channel": "bad channel"}, "Invalid SSE channel name"),
+        ({"channel": ""}, "Invalid SSE channel name"),
+        ({"id": ""}, "'id' must be 1 to 256"),
+        ({"id": "x" * 257}, "'id' must be 1 to 256"),
+        ({"id": "a\nb"}, "'id' must not contain CR, LF or NUL"),
+        ({"event": "a\rb"}, "'event' must not contain CR, LF or NUL"),
+        ({"retry": -1}, "'retry' must be a non-negative int"),
+        ({"data": b"raw"}, "not bytes"),
+        ({"data": "x" * 2000}, "over SSE_MAX_EVENT_BYTES"),
+    ],
+)
+def test_publish_bad_input_is_value_error(app: Flask, kwargs: dict, match: str) -> None:
+    app.config["SSE_MAX_EVENT_BYTES"] = 1000
+    sse = SSE(app)
+    kwargs.setdefault("data", "x")
+    with app.app_context():
+        with pytest.raises(ValueError, match=match):
+            sse.publish(**kwargs)
+        # Nothing was stored.
+        assert history(app, "sse") == []
+
+
+def test_publish_from_cli_command_and_background_thread(app: Flask, sse: SSE) -> None:
+    @app.cli.command("announce")
+    def announce() -> None:
+        print(sse.publish("from cli", channel="ops"))
+
+    result = app.test_cli_runner().invoke(args=["announce"])
+    assert result.exit_code == 0, result.output
+
+    def job() -> None:
+        with app.app_context():
+            sse.publish("from job", channel="ops")
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+    with app.app_context():
+        messages = history(app, "ops")
+    assert [m.id for m in messages][0] == result.output.strip()
+    assert [m.body for m in messages] == [b"data: from cli\n", b"data: from job\n"]
+
+
+def test_stats(app: Flask, sse: SSE) -> None:
+    client = app.test_client()
+    with app.app_context():
+        assert sse.stats() == {"streams": 0, "channels": 0, "subscriptions": 0}
+    response = client.get("/stream?channel=a&channel=b", buffered=False)
+    with app.app_context():
+        assert sse.stats() == {"streams": 1, "channels": 2, "subscriptions": 2}
+    response.close()
+    with app.app_context():
+        assert sse.stats() == {"streams": 0, "channels": 0, "subscriptions": 0}
+
+
+def test_stream_works_in_flask_test_client_threaded_mode(app: Flask, sse: SSE) -> None:
+    """Under `flask run` (threads, no gevent) a publish wakes a waiting stream."""
+    app.config["SSE_HEARTBEAT_INTERVAL"] = 30
+    response = app.test_client().get("/stream?channel=t", buffered=False)
+    chunks = iter(response.response)
+    assert next(chunks) == b"retry: 3000\n\n"
+    got = []
+    reader = threading.Thread(target=lambda: got.append(next(chunks)))
+    reader.start()
+    with app.app_context():
+        event_id = sse.publish("wake", channel="t")
+    reader.join(5)
+    response.close()
+    assert got == [b"data: wake\nid: " + event_id.encode() + b"\n\n"]

@@ -1,0 +1,57 @@
+"""Fan-out: one encoded message shared by all clients, bounded queues, subscriptions."""
+
+from __future__ import annotations
+
+from typing import List
+
+from flask_sse_ext.brokers.memory import MemoryBroker
+from flask_sse_ext.hub import LAGGED, SHUTDOWN, Client, Hub
+
+
+def test_every_client_gets_the_same_bytes_object() -> None:
+    broker = MemoryBroker(10)
+    hub = Hub(broker)
+    clients = [Client(("c",), 10) for _ in range(3)]
+    for client in clients:
+        hub.attach(client)
+    message = broker.publish("c", b"data: x\n")
+    assert all(c.queue[0] is message and c.wake.is_set() for c in clients)
+    assert len({id(c.queue[0].frame) for c in clients}) == 1
+
+
+def test_subscribe_on_first_client_unsubscribe_on_last() -> None:
+    broker = MemoryBroker(10)
+    hub = Hub(broker)
+    a, b = Client(("x", "y"), 10), Client(("y",), 10)
+    hub.attach(a)
+    hub.attach(b)
+    assert broker.subscriptions == 2 and hub.channel_count == 2
+    hub.detach(a)
+    assert broker.subscriptions == 1
+    hub.detach(a)  # detaching twice is harmless
+    hub.detach(b)
+    assert broker.subscriptions == 0 and hub.client_count == 0
+
+
+def test_full_queue_cuts_the_client_and_calls_abort() -> None:
+    aborted: List[bool] = []
+    broker = MemoryBroker(10)
+    hub = Hub(broker)
+    slow = Client(("c",), 3, abort=lambda: aborted.append(True))
+    fast = Client(("c",), 100)
+    hub.attach(slow)
+    hub.attach(fast)
+    for i in range(5):
+        broker.publish("c", b"data: %d\n" % i)
+    assert slow.closed == LAGGED and aborted == [True]
+    assert len(slow.queue) == 3  # bounded: nothing more was kept for it
+    assert len(fast.queue) == 5 and fast.closed is None
+
+
+def test_shutdown_closes_every_stream() -> None:
+    hub = Hub(MemoryBroker(10))
+    clients = [Client(("c",), 10) for _ in range(3)]
+    for client in clients:
+        hub.attach(client)
+    hub.shutdown()
+    assert all(c.closed == SHUTDOWN and c.wake.is_set() for c in clients)
