@@ -32,6 +32,10 @@ def validate_field(name: str, value: str) -> str:
             raise ValueError(
                 f"SSE {name!r} must not contain CR, LF or NUL characters, got {value!r}"
             )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"SSE {name!r} is not valid Unicode text: {exc.reason}") from None
     return value
 
 
