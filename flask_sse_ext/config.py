@@ -14,6 +14,9 @@ CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_\-.:@/]{1,200}")
 DEFAULTS: Dict[str, Any] = {
     "SSE_URL_PREFIX": "/stream",
     "SSE_REDIS_URL": None,
+    "SSE_REDIS_CLUSTER": False,
+    "SSE_REDIS_PREFIX": "sse",
+    "SSE_HISTORY_TTL": 86400,
     "SSE_RETRY": 3000,
     "SSE_HEARTBEAT_INTERVAL": 15.0,
     "SSE_MAX_CONNECTION_AGE": None,
@@ -40,6 +43,9 @@ class Settings:
 
     url_prefix: str
     redis_url: Optional[str]
+    redis_cluster: bool
+    redis_prefix: str
+    history_ttl: int
     retry: int
     heartbeat_interval: float
     max_connection_age: Optional[float]
@@ -77,9 +83,24 @@ def _redis_url(key: str, value: Any) -> str:
     return value
 
 
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be True or False, got {value!r}")
+    return value
+
+
+def _prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or re.fullmatch(r"[A-Za-z0-9_\-.:]{1,64}", value) is None:
+        raise ValueError(f"{key} must be 1 to 64 letters, digits or - _ . :, got {value!r}")
+    return value
+
+
 _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_URL_PREFIX", "url_prefix", _url_prefix),
     ("SSE_REDIS_URL", "redis_url", _optional(_redis_url)),
+    ("SSE_REDIS_CLUSTER", "redis_cluster", _bool),
+    ("SSE_REDIS_PREFIX", "redis_prefix", _prefix),
+    ("SSE_HISTORY_TTL", "history_ttl", lambda k, v: _int(k, v, 0)),
     ("SSE_RETRY", "retry", lambda k, v: _int(k, v, 0)),
     ("SSE_HEARTBEAT_INTERVAL", "heartbeat_interval", _seconds),
     ("SSE_MAX_CONNECTION_AGE", "max_connection_age", _optional(_seconds)),

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any, Dict, Optional, Tuple
 
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
-from .brokers.base import Broker
+from .brokers.base import Broker, BrokerError
 from .brokers.memory import MemoryBroker
 from .config import Settings, load_settings, validate_channel
-from .event import encode_body, validate_field
+from .publisher import prepare_event
 from .hub import Hub
 from .serving import check_server, warn_memory_broker
 from .stream import open_stream
 
 __all__ = ["SSE"]
 
-#: Longest ``id`` a publisher may set (it comes back as the ``Last-Event-ID`` header).
-MAX_ID_LENGTH = 256
-
+logger = logging.getLogger(__name__)
 
 class _State:
     """Per-app state, kept in ``app.extensions["sse"]``. Broker and hub are per process."""
@@ -34,7 +33,15 @@ class _State:
         self._hub: Optional[Hub] = None
 
     def _new_broker(self) -> Broker:
-        return MemoryBroker(self.settings.history_size)
+        settings = self.settings
+        if settings.redis_url is None:
+            return MemoryBroker(settings.history_size)
+        from .brokers.redis import RedisBroker
+
+        return RedisBroker.from_url(
+            settings.redis_url, cluster=settings.redis_cluster, prefix=settings.redis_prefix,
+            history_size=settings.history_size, history_ttl=settings.history_ttl,
+        )  # fmt: skip
 
     @property
     def broker(self) -> Broker:
@@ -113,22 +120,8 @@ class SSE:
         broker generates. Raises ``ValueError`` for a field that cannot be sent, and
         ``BrokerError`` when the broker cannot take the event. Needs an app context.
         """
-        if type is not None:
-            if event is not None and event != type:
-                raise ValueError("Pass the event name as 'event' or 'type', not both")
-            event = type
         state = self._state()
-        validate_channel(channel)
-        if id is not None:
-            validate_field("id", id)
-            if not id or len(id) > MAX_ID_LENGTH:
-                raise ValueError(f"SSE 'id' must be 1 to {MAX_ID_LENGTH} characters, got {id!r}")
-        body = encode_body(data, event, retry)
-        if len(body) > state.settings.max_event_bytes:
-            raise ValueError(
-                f"SSE event is {len(body)} bytes encoded, over SSE_MAX_EVENT_BYTES "
-                f"({state.settings.max_event_bytes}); send a reference to the data instead"
-            )
+        body = prepare_event(data, event, id, retry, channel, type, state.settings.max_event_bytes)
         return state.broker.publish(channel, body, id).id
 
 
@@ -168,17 +161,27 @@ def _stream_view() -> Response:
     check_server(environ)
     if isinstance(state.broker, MemoryBroker):
         warn_memory_broker(environ)
-    return open_stream(
-        state.hub,
-        state.broker,
-        channels,
-        cursor,
-        retry=settings.retry,
-        heartbeat=settings.heartbeat_interval,
-        max_age=settings.max_connection_age,
-        queue_size=settings.client_queue_size,
-        environ=environ,
-    )
+    try:
+        return open_stream(
+            state.hub,
+            state.broker,
+            channels,
+            cursor,
+            retry=settings.retry,
+            heartbeat=settings.heartbeat_interval,
+            max_age=settings.max_connection_age,
+            queue_size=settings.client_queue_size,
+            environ=environ,
+        )
+    except BrokerError as exc:
+        logger.warning("Stream refused: %s", exc)
+        retry_after = str(max(1, settings.retry // 1000))
+        return Response(
+            "The event broker is unavailable; retry shortly.\n",
+            503,
+            {"Retry-After": retry_after, "Cache-Control": "no-cache"},
+            mimetype="text/plain",
+        )
 
 
 def _blueprint() -> Blueprint:

@@ -129,24 +129,20 @@ def open_stream(
 ) -> Response:
     """Subscribe, replay after ``cursor``, and return the response that streams the rest.
 
-    ``channels`` are sorted and unique. With no cursor, each channel's head is read before
-    subscribing: what comes after it is live. With a cursor the client subscribes first and
-    then reads history, so nothing published meanwhile falls between the two; the stream drops
-    live events that the replay already sent.
+    ``channels`` are sorted and unique. The client subscribes first and then reads history (or,
+    with no cursor, each channel's newest position), so nothing published meanwhile falls
+    between the two; the stream drops live events that the replay already covers.
+    Raises ``BrokerError`` when the broker cannot subscribe or read history.
     """
     after = _cursor_for(channels, cursor)
-    replays: List[Replay] = []
     client = Client(channels, queue_size, socket_abort(environ))
-    if cursor is None:
-        replays = [broker.replay(channel, None) for channel in channels]
-        hub.attach(client)
-    else:
-        hub.attach(client)
-        try:
-            replays = [broker.replay(c, a) for c, a in zip(channels, after)]
-        except BaseException:
-            hub.detach(client)
-            raise
+    hub.attach(client)
+    try:
+        broker.ready(channels)
+        replays = [broker.replay(c, a) for c, a in zip(channels, after)]
+    except BaseException:
+        hub.detach(client)
+        raise
 
     multi = len(channels) > 1
     positions: Dict[str, Position] = {}

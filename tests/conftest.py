@@ -17,16 +17,12 @@ import pytest
 from flask import Flask
 
 from flask_sse_ext import SSE
+from conftest_ports import free_port
+from redis_server import RedisCluster, RedisServer
 from sse_client import OPEN, request
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -139,6 +135,35 @@ def _close_streams() -> Iterator[None]:
     yield
     while OPEN:
         OPEN[-1].close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, shared by the session."""
+    srv = RedisServer()
+    yield srv
+    srv.cleanup()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which the test may stop and restart."""
+    srv = RedisServer()
+    yield srv
+    srv.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A Redis key prefix of this test's own."""
+    return "t" + str(abs(hash(request.node.nodeid)) % 10**10)
 
 
 @pytest.fixture

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import time
 from typing import Iterator, List
 
 import pytest
 
 from flask_sse_ext.brokers.base import Broker, Message, format_position, parse_position
 from flask_sse_ext.brokers.memory import MemoryBroker
+from flask_sse_ext.brokers.redis import RedisBroker
 
 
-@pytest.fixture(params=["memory"])
-def make_broker(request: pytest.FixtureRequest) -> Iterator[object]:
+@pytest.fixture(params=["memory", "redis"])
+def make_broker(request: pytest.FixtureRequest, prefix: str) -> Iterator[object]:
     made: List[Broker] = []
 
     def make(history_size: int = 5) -> Broker:
-        broker = MemoryBroker(history_size)
+        if request.param == "memory":
+            broker: Broker = MemoryBroker(history_size)
+        else:
+            url = request.getfixturevalue("redis_server").url
+            broker = RedisBroker.from_url(url, prefix=prefix, history_size=history_size)
         made.append(broker)
         return broker
 
@@ -76,8 +82,13 @@ def test_unknown_and_future_cursors_are_missed(make_broker) -> None:  # type: ig
     assert broker.replay("c", "never-issued") == ([], head, True)
     future = format_position((head[0] + 10**6, 0))
     assert broker.replay("c", future) == ([], head, True)
-    # A cursor from before this broker existed (a restart lost its history) is missed too.
-    assert broker.replay("c", "1-0") == ([], head, True)
+
+
+def test_memory_broker_cursor_from_before_it_started_is_missed() -> None:
+    """A restart lost the in-process history: an older cursor cannot be served."""
+    broker = MemoryBroker(5)
+    messages = publish(broker, 2)
+    assert broker.replay("c", "1-0") == ([], messages[-1].position, True)
 
 
 def test_empty_channel_head_is_a_usable_cursor(make_broker) -> None:  # type: ignore[no-untyped-def]
@@ -95,17 +106,36 @@ def test_evicted_publisher_id_is_forgotten(make_broker) -> None:  # type: ignore
     assert broker.replay("c", "a").missed
 
 
+def _same(a: List[Message], b: List[Message]) -> bool:
+    return [(m.channel, m.position, m.frame) for m in a] == [(m.channel, m.position, m.frame) for m in b]
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_live_delivery_only_for_subscribed_channels(make_broker) -> None:  # type: ignore[no-untyped-def]
     broker = make_broker()
     got: List[Message] = []
     broker.start(got.append)
     broker.subscribe("on")
+    broker.ready(["on"])
     assert broker.subscriptions == 1
     on = broker.publish("on", b"data: 1\n")
     broker.publish("off", b"data: 2\n")
+    wait_for(lambda: len(got) >= 1)
     broker.unsubscribe("on")
     broker.publish("on", b"data: 3\n")
-    assert got == [on] and broker.subscriptions == 0
+    marker = broker.publish("other", b"data: 4\n")
+    broker.subscribe("other")
+    broker.ready(["other"])
+    last = broker.publish("other", b"data: 5\n")
+    wait_for(lambda: len(got) >= 2)
+    assert _same(got, [on, last]) and broker.subscriptions == 1
+    assert marker.position < last.position
 
 
 def test_zero_history_keeps_nothing_but_delivers(make_broker) -> None:  # type: ignore[no-untyped-def]
@@ -113,6 +143,8 @@ def test_zero_history_keeps_nothing_but_delivers(make_broker) -> None:  # type: 
     got: List[Message] = []
     broker.start(got.append)
     broker.subscribe("c")
+    broker.ready(["c"])
     messages = publish(broker, 2)
-    assert got == messages
+    wait_for(lambda: len(got) == 2)
+    assert _same(got, messages)
     assert broker.replay("c", messages[0].id).missed

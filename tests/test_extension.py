@@ -18,7 +18,7 @@ def history(app: Flask, channel: str) -> list:
 
 
 def test_public_names() -> None:
-    assert sorted(flask_sse_ext.__all__) == ["BrokerError", "Event", "MISSED_EVENT", "SSE"]
+    assert sorted(flask_sse_ext.__all__) == ["BrokerError", "Event", "MISSED_EVENT", "Publisher", "SSE"]
     for name in flask_sse_ext.__all__:
         assert getattr(flask_sse_ext, name) is not None
 
@@ -135,7 +135,7 @@ def test_generated_ids_increase(app: Flask, sse: SSE) -> None:
         ({"event": "a\rb"}, "'event' must not contain CR, LF or NUL"),
         ({"retry": -1}, "'retry' must be a non-negative int"),
         ({"data": b"raw"}, "not bytes"),
-        ({"data": "x" * 2000}, "over SSE_MAX_EVENT_BYTES"),
+        ({"data": "x" * 2000}, r"over the limit of 1000 \(SSE_MAX_EVENT_BYTES\)"),
     ],
 )
 def test_publish_bad_input_is_value_error(app: Flask, kwargs: dict, match: str) -> None:

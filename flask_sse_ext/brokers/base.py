@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import Callable, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..event import frame
 
@@ -61,6 +61,13 @@ class Message:
         self.body = body
         self.frame = frame(body, self.id)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.channel, self.position, self.frame) == (other.channel, other.position, other.frame)
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return f"Message({self.channel!r}, {self.position!r}, id={self.id!r})"
 
@@ -98,6 +105,12 @@ class Broker(ABC):
     @abstractmethod
     def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel`` (called when its last local client leaves)."""
+
+    def ready(self, channels: Sequence[str], timeout: float = 5.0) -> None:
+        """Return once live delivery of ``channels`` is active (after ``subscribe``).
+
+        Raises ``BrokerError`` when the transport cannot confirm it within ``timeout``.
+        """
 
     @abstractmethod
     def publish(self, channel: str, body: bytes, id: Optional[str] = None) -> Message:

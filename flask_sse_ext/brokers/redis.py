@@ -1,0 +1,347 @@
+"""The Redis broker: history in a capped Redis Stream per channel, live delivery by pub/sub.
+
+One server-side script appends an event to the channel's stream and publishes it, in one round
+trip, so history and live delivery never disagree and the stream entry id is the event's
+position. Each process holds one pub/sub connection for all its streams: it subscribes to a
+channel when the first local client arrives and unsubscribes when the last one leaves. When
+Redis goes away, a listener reconnects with capped backoff, subscribes again, and reads each
+channel's history from the last position it delivered, so nothing Redis accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .base import Broker, BrokerError, Cursor, Message, Position, Replay, format_position, parse_position
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger(__name__)
+
+# KEYS[1]: the channel's history stream. ARGV: pub/sub channel, entries to keep (the history
+# size plus the floor entry), ttl, id, body, "1" for sharded pub/sub.
+_PUBLISH = """
+local pos = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'i', ARGV[4], 'b', ARGV[5])
+if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+local payload = pos .. ' ' .. ARGV[4] .. '\\n' .. ARGV[5]
+if ARGV[6] == '1' then
+  redis.call('SPUBLISH', ARGV[1], payload)
+else
+  redis.call('PUBLISH', ARGV[1], payload)
+end
+return pos
+"""
+
+# KEYS[1]: the channel's history stream. ARGV[1]: "" for the head only, else the cursor text.
+# Returns {head, missed (0/1), id1, fields1, id2, fields2, ...} of the entries after the cursor.
+_REPLAY = """
+local function pos(text)
+  local ms, seq = string.match(text, '^(%d+)-(%d+)$')
+  if ms == nil then return nil end
+  return {tonumber(ms), tonumber(seq)}
+end
+local function less(a, b)
+  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+end
+-- The oldest entry kept marks the floor: it is not replayed, and a cursor older than it
+-- lost events once the stream was trimmed (the stream keeps one more than the history size).
+local head, floor, added, length = '0-0', '0-0', 0, 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    local k, v = info[i], info[i + 1]
+    if k == 'last-generated-id' then head = v end
+    if k == 'recorded-first-entry-id' then floor = v end
+    if k == 'entries-added' then added = v end
+    if k == 'length' then length = v end
+  end
+end
+if ARGV[1] == '' then return {head, 0} end
+local after = nil
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-')
+for _, entry in ipairs(newest) do
+  if entry[2][2] == ARGV[1] then after = entry[1] break end
+end
+if after == nil then
+  if pos(ARGV[1]) == nil then return {head, 1} end
+  after = ARGV[1]
+end
+local p = pos(after)
+if less(pos(head), p) or (added > length and less(p, pos(floor))) then return {head, 1} end
+local out = {head, 0}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. after, '+')) do
+  out[#out + 1] = entry[1]
+  out[#out + 1] = entry[2]
+end
+return out
+"""
+
+_CONNECTION_ERRORS = (RedisError, OSError)
+
+
+def _text(value: Union[bytes, str]) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class RedisBroker(Broker):
+    """History and fan-out through Redis; safe to use from many processes and hosts.
+
+    ``client`` may be a ``redis.Redis`` or a ``redis.RedisCluster``; with a cluster, keys
+    carry the channel as a hash tag and live delivery uses sharded pub/sub (Redis 7).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        pubsub_client: Any = None,
+        prefix: str = "sse",
+        history_size: int = 1000,
+        history_ttl: int = 86400,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.pubsub_client = client if pubsub_client is None else pubsub_client
+        self.prefix = prefix
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.max_backoff = max_backoff
+        self.sharded = isinstance(client, redis.RedisCluster)
+        self._publish = client.register_script(_PUBLISH)
+        self._replay = client.register_script(_REPLAY)
+        self._deliver: Optional[Callable[[Message], None]] = None
+        self._channels: Set[str] = set()
+        self._confirmed: Dict[str, Any] = {}
+        self._last: Dict[str, Position] = {}
+        self._pubsub: Any = None
+        # While catching up after a reconnect, live messages wait here so none overtakes
+        # an older one from history (a stream drops what is older than what it has sent).
+        self._held: Optional[List[Message]] = None
+        self._closed = False
+        self._listener: Optional[threading.Thread] = None
+        #: How often the listener has connected again after losing Redis.
+        self.reconnects = 0
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisBroker:
+        """A broker with its own connections: two for commands and one for pub/sub, however
+        many streams this process serves. Commands are retried once on a dropped connection;
+        pub/sub is not retried by redis-py, so that the listener sees every reconnect."""
+        if cluster:
+            client = redis.RedisCluster.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+            return cls(client, **options)
+        # Named per process, so CLIENT LIST shows which worker holds which connection.
+        common = {
+            "socket_connect_timeout": 5,
+            "health_check_interval": 15,
+            "client_name": f"{options.get('prefix', 'sse')}:{os.getpid()}",
+        }
+        commands = redis.BlockingConnectionPool.from_url(
+            url, max_connections=2, timeout=10, socket_timeout=10,
+            retry=Retry(NoBackoff(), 1), **common,
+        )  # fmt: skip
+        pubsub = redis.BlockingConnectionPool.from_url(
+            url, max_connections=1, timeout=10, retry=Retry(NoBackoff(), 0), **common
+        )
+        return cls(
+            redis.Redis(connection_pool=commands),
+            pubsub_client=redis.Redis(connection_pool=pubsub),
+            **options,
+        )
+
+    # Keys share the channel as a hash tag, so in a cluster they live on one shard.
+    def _history_key(self, channel: str) -> str:
+        return f"{self.prefix}:h:{{{channel}}}"
+
+    def _pubsub_channel(self, channel: str) -> str:
+        return f"{self.prefix}:c:{{{channel}}}"
+
+    def _channel_of(self, pubsub_channel: str) -> str:
+        return pubsub_channel[len(self.prefix) + 4 : -1]
+
+    def publish(self, channel: str, body: bytes, id: Optional[str] = None) -> Message:
+        try:
+            position = self._publish(
+                keys=[self._history_key(channel)],
+                args=[
+                    self._pubsub_channel(channel), self.history_size + 1, self.history_ttl,
+                    id or "", body, "1" if self.sharded else "0",
+                ],
+            )  # fmt: skip
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerError(f"Redis did not take the event for channel {channel!r}: {exc}") from exc
+        parsed = parse_position(_text(position))
+        assert parsed is not None
+        return Message(channel, parsed, id, body)
+
+    def replay(self, channel: str, cursor: Cursor) -> Replay:
+        text = "" if cursor is None else cursor if isinstance(cursor, str) else format_position(cursor)
+        try:
+            reply = self._replay(keys=[self._history_key(channel)], args=[text])
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerError(f"Redis did not answer for channel {channel!r}: {exc}") from exc
+        head = parse_position(_text(reply[0]))
+        assert head is not None
+        messages = []
+        for i in range(2, len(reply), 2):
+            fields = dict(zip(reply[i + 1][::2], reply[i + 1][1::2]))
+            position = parse_position(_text(reply[i]))
+            assert position is not None
+            event_id = _text(fields[b"i"]) or None
+            messages.append(Message(channel, position, event_id, fields[b"b"]))
+        if channel in self._channels:
+            # Where to catch up from if the connection to Redis drops.
+            self._last.setdefault(channel, messages[-1].position if messages else head)
+        return Replay(messages, head, bool(reply[1]))
+
+    # -- live delivery ---------------------------------------------------------------------
+
+    def start(self, deliver: Callable[[Message], None]) -> None:
+        self._deliver = deliver
+        self._listener = threading.Thread(target=self._listen, name="sse-redis-listener", daemon=True)
+        self._listener.start()
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._channels)
+
+    def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        self._confirmed[channel] = threading.Event()
+        self._send("subscribe", channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        self._confirmed.pop(channel, None)
+        self._last.pop(channel, None)
+        self._send("unsubscribe", channel)
+
+    def ready(self, channels: Sequence[str], timeout: float = 5.0) -> None:
+        """Wait until Redis confirms the subscriptions, so that history read next and live
+        events leave no gap. Raises ``BrokerError`` when Redis does not answer in time."""
+        deadline = time.monotonic() + timeout
+        for channel in channels:
+            event = self._confirmed.get(channel)
+            if event is not None and not event.wait(max(0.0, deadline - time.monotonic())):
+                raise BrokerError(f"Redis did not confirm the subscription to {channel!r}")
+
+    def _send(self, command: str, channel: str) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            return  # the listener subscribes every channel when it connects
+        name = self._pubsub_channel(channel)
+        try:
+            if self.sharded:
+                getattr(pubsub, "s" + command)(name)
+            else:
+                getattr(pubsub, command)(name)
+        except _CONNECTION_ERRORS as exc:
+            logger.info("Redis pub/sub %s of %r deferred to reconnect: %s", command, channel, exc)
+
+    def _listen(self) -> None:
+        backoff = 0.1
+        first = True
+        while not self._closed:
+            pubsub = self.pubsub_client.pubsub()
+            try:
+                for event in list(self._confirmed.values()):
+                    event.clear()
+                self._held = None if first else []
+                # Connect first; once ``_pubsub`` is set, ``subscribe`` sends its own command,
+                # and every channel subscribed before that is in the list read next.
+                pubsub.ping()
+                self._pubsub = pubsub
+                channels = list(self._channels)
+                if channels:
+                    names = [self._pubsub_channel(c) for c in channels]
+                    (pubsub.ssubscribe if self.sharded else pubsub.subscribe)(*names)
+                if not first:
+                    self.reconnects += 1
+                    logger.warning("Reconnected to Redis; catching up %d channels", len(channels))
+                backoff = 0.1
+                self._read(pubsub)
+            except Exception as exc:  # the listener must outlive anything Redis sends it
+                if self._closed:
+                    break
+                logger.warning("Lost Redis pub/sub (%r); retrying in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+            finally:
+                self._pubsub = None
+                first = False
+                try:
+                    pubsub.close()
+                except _CONNECTION_ERRORS:
+                    pass
+
+    def _read(self, pubsub: Any) -> None:
+        get = pubsub.get_sharded_message if self.sharded else pubsub.get_message
+        while not self._closed:
+            if self._held is not None and all(
+                event.is_set() for event in list(self._confirmed.values())
+            ):
+                self._catch_up()
+            reply = get(timeout=1.0)
+            if reply is None:
+                continue
+            kind = _text(reply["type"])
+            if kind in ("message", "smessage"):
+                self._on_payload(self._channel_of(_text(reply["channel"])), reply["data"])
+            elif kind in ("subscribe", "ssubscribe"):
+                event = self._confirmed.get(self._channel_of(_text(reply["channel"])))
+                if event is not None:
+                    event.set()
+
+    def _on_payload(self, channel: str, payload: bytes) -> None:
+        head, _, body = payload.partition(b"\n")
+        position_text, _, event_id = head.partition(b" ")
+        position = parse_position(position_text.decode())
+        if position is not None:
+            self._on_message(Message(channel, position, event_id.decode("utf-8") or None, body))
+
+    def _on_message(self, message: Message) -> None:
+        channel = message.channel
+        if channel not in self._channels:
+            return
+        if self._held is not None:
+            self._held.append(message)
+            return
+        last = self._last.get(channel)
+        if last is None or message.position > last:
+            self._last[channel] = message.position
+        assert self._deliver is not None
+        self._deliver(message)
+
+    def _catch_up(self) -> None:
+        """Deliver, in order, what was published while the pub/sub connection was down."""
+        caught: List[Message] = []
+        for channel in list(self._channels):
+            last = self._last.get(channel)
+            if last is None:
+                continue
+            try:
+                caught.extend(self.replay(channel, last).messages)
+            except BrokerError as exc:
+                logger.warning("Could not catch up channel %r: %s", channel, exc)
+        held = self._held or []
+        self._held = None
+        for message in caught + held:
+            self._on_message(message)
+
+    def close(self) -> None:
+        self._closed = True
+        pubsub = self._pubsub
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except _CONNECTION_ERRORS:
+                pass
