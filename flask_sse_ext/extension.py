@@ -15,7 +15,8 @@ from .config import Settings, load_settings, validate_channel
 from .publisher import prepare_event
 from .hub import Hub
 from .serving import check_server, warn_memory_broker
-from .stream import open_stream
+from .event import comment, retry_line
+from .stream import HEADERS, open_stream
 
 __all__ = ["SSE"]
 
@@ -174,13 +175,13 @@ def _stream_view() -> Response:
             environ=environ,
         )
     except BrokerError as exc:
-        logger.warning("Stream refused: %s", exc)
-        retry_after = str(max(1, settings.retry // 1000))
+        # A non-200 answer would make EventSource give up for good: answer with the retry
+        # hint and end, so the browser tries again once the broker is back.
+        logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
         return Response(
-            "The event broker is unavailable; retry shortly.\n",
-            503,
-            {"Retry-After": retry_after, "Cache-Control": "no-cache"},
-            mimetype="text/plain",
+            [retry_line(settings.retry), comment("broker unavailable, retry later")],
+            mimetype="text/event-stream",
+            headers=HEADERS,
         )
 
 

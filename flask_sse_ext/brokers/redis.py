@@ -123,6 +123,7 @@ class RedisBroker(Broker):
         self._confirmed: Dict[str, Any] = {}
         self._last: Dict[str, Position] = {}
         self._pubsub: Any = None
+        self._connected = threading.Event()
         # While catching up after a reconnect, live messages wait here so none overtakes
         # an older one from history (a stream drops what is older than what it has sent).
         self._held: Optional[List[Message]] = None
@@ -229,6 +230,8 @@ class RedisBroker(Broker):
         """Wait until Redis confirms the subscriptions, so that history read next and live
         events leave no gap. Raises ``BrokerError`` when Redis does not answer in time."""
         deadline = time.monotonic() + timeout
+        if not self._connected.wait(min(timeout, 1.0)):
+            raise BrokerError("Redis is unreachable: the pub/sub connection is down")
         for channel in channels:
             event = self._confirmed.get(channel)
             if event is not None and not event.wait(max(0.0, deadline - time.monotonic())):
@@ -260,6 +263,7 @@ class RedisBroker(Broker):
                 # and every channel subscribed before that is in the list read next.
                 pubsub.ping()
                 self._pubsub = pubsub
+                self._connected.set()
                 channels = list(self._channels)
                 if channels:
                     names = [self._pubsub_channel(c) for c in channels]
@@ -276,6 +280,7 @@ class RedisBroker(Broker):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
             finally:
+                self._connected.clear()
                 self._pubsub = None
                 first = False
                 try:

@@ -14,7 +14,7 @@ from typing import Any
 import greenlet
 from flask import Flask, jsonify, request
 
-from flask_sse_ext import SSE
+from flask_sse_ext import SSE, BrokerError
 
 sse = SSE()
 
@@ -30,6 +30,8 @@ def create_app() -> Flask:
             event_id = sse.publish(**request.get_json())
         except ValueError as exc:
             return jsonify(error=str(exc)), 400
+        except BrokerError as exc:
+            return jsonify(error=str(exc)), 503
         return jsonify(id=event_id)
 
     @app.get("/stats")
