@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import redis
 
-from conftest_ports import free_port
+from conftest_ports import free_cluster_port, free_port
 
 
 def _wait_ping(port: int, timeout: float = 10.0) -> None:
@@ -50,8 +50,14 @@ class RedisServer:
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.dir), *self.extra,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        _wait_ping(self.port)
+        self.log = self.dir / "redis.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ping(self.port)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(self.log.read_text(errors="replace")[-2000:]) from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -78,8 +84,9 @@ class RedisCluster:
     """Three masters built with ``redis-server --cluster-enabled yes`` and ``redis-cli --cluster create``."""
 
     def __init__(self) -> None:
-        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
-                                  "--cluster-config-file", "nodes.conf") for _ in range(3)]  # fmt: skip
+        options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                   "--cluster-config-file", "nodes.conf")  # fmt: skip
+        self.nodes = [RedisServer(*options, port=free_cluster_port()) for _ in range(3)]
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
              "--cluster-replicas", "0", "--cluster-yes"],

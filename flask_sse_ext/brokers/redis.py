@@ -290,12 +290,14 @@ class RedisBroker(Broker):
 
     def _read(self, pubsub: Any) -> None:
         get = pubsub.get_sharded_message if self.sharded else pubsub.get_message
+        # A cluster's sharded pub/sub is polled node by node: keep each poll short.
+        timeout = 0.02 if self.sharded else 1.0
         while not self._closed:
             if self._held is not None and all(
                 event.is_set() for event in list(self._confirmed.values())
             ):
                 self._catch_up()
-            reply = get(timeout=1.0)
+            reply = get(timeout=timeout)
             if reply is None:
                 continue
             kind = _text(reply["type"])
