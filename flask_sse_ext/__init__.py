@@ -1,9 +1,19 @@
 """Server-Sent Events for Flask."""
 
+from .auth import AuthError, Identity, private_channel
 from .brokers.base import BrokerError
 from .event import Event
 from .extension import SSE
 from .publisher import Publisher
 from .stream import MISSED_EVENT
 
-__all__ = ["SSE", "Publisher", "Event", "BrokerError", "MISSED_EVENT"]
+__all__ = [
+    "SSE",
+    "Publisher",
+    "Event",
+    "Identity",
+    "AuthError",
+    "BrokerError",
+    "MISSED_EVENT",
+    "private_channel",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 __all__ = ["Settings", "DEFAULTS", "load_settings", "validate_channel", "CHANNEL_PATTERN"]
 
@@ -24,6 +24,10 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_CLIENT_QUEUE_SIZE": 1000,
     "SSE_MAX_EVENT_BYTES": 1024 * 1024,
     "SSE_MAX_CHANNELS_PER_CONNECTION": 20,
+    "SSE_REQUIRE_AUTH": False,
+    "SSE_CORS_ORIGINS": (),
+    "SSE_MAX_CONNECTIONS_PER_CLIENT": None,
+    "SSE_MAX_CONNECTIONS_PER_USER": None,
 }
 
 
@@ -53,6 +57,10 @@ class Settings:
     client_queue_size: int
     max_event_bytes: int
     max_channels_per_connection: int
+    require_auth: bool
+    cors_origins: FrozenSet[str]
+    max_connections_per_client: Optional[int]
+    max_connections_per_user: Optional[int]
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -95,6 +103,21 @@ def _prefix(key: str, value: Any) -> str:
     return value
 
 
+_ORIGIN = re.compile(r"https?://[^/\s?#]+")
+
+
+def _origins(key: str, value: Any) -> FrozenSet[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise ValueError(f"{key} must be a list of origins like 'https://app.example.com', got {value!r}")
+    for origin in value:
+        if not isinstance(origin, str) or _ORIGIN.fullmatch(origin) is None:
+            raise ValueError(
+                f"{key} entries must be origins like 'https://app.example.com' (scheme and host, "
+                f"no path, no '*'), got {origin!r}"
+            )
+    return frozenset(value)
+
+
 _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_URL_PREFIX", "url_prefix", _url_prefix),
     ("SSE_REDIS_URL", "redis_url", _optional(_redis_url)),
@@ -108,6 +131,10 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_CLIENT_QUEUE_SIZE", "client_queue_size", lambda k, v: _int(k, v, 1)),
     ("SSE_MAX_EVENT_BYTES", "max_event_bytes", lambda k, v: _int(k, v, 1)),
     ("SSE_MAX_CHANNELS_PER_CONNECTION", "max_channels_per_connection", lambda k, v: _int(k, v, 1)),
+    ("SSE_REQUIRE_AUTH", "require_auth", _bool),
+    ("SSE_CORS_ORIGINS", "cors_origins", _origins),
+    ("SSE_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client", _optional(lambda k, v: _int(k, v, 1))),
+    ("SSE_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", _optional(lambda k, v: _int(k, v, 1))),
 )
 
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Dict, Optional, Tuple
+from datetime import timedelta
+from typing import Any, Collection, Dict, Optional, Union
 
-from flask import Blueprint, Flask, Response, abort, current_app, request
+from flask import Blueprint, Flask, current_app
 
-from .brokers.base import Broker, BrokerError
+from .auth import Authorize, TokenLoader, issue_token
+from .brokers.base import Broker
 from .brokers.memory import MemoryBroker
-from .config import Settings, load_settings, validate_channel
-from .publisher import prepare_event
+from .config import Settings, load_settings
+from .endpoint import stream_view
 from .hub import Hub
-from .serving import check_server, warn_memory_broker
-from .event import comment, retry_line
-from .stream import HEADERS, open_stream
+from .limits import Limiter
+from .publisher import prepare_event
 
 __all__ = ["SSE"]
 
@@ -32,6 +33,7 @@ class _State:
         self._pid = -1
         self._broker: Optional[Broker] = None
         self._hub: Optional[Hub] = None
+        self._limiter: Optional[Limiter] = None
 
     def _new_broker(self) -> Broker:
         settings = self.settings
@@ -52,9 +54,17 @@ class _State:
                     # A forked worker must not share its parent's connections or history.
                     self._broker = self._new_broker()
                     self._hub = None
+                    self._limiter = None
                     self._pid = os.getpid()
         assert self._broker is not None
         return self._broker
+
+    @property
+    def limiter(self) -> Limiter:
+        broker = self.broker
+        if self._limiter is None:
+            self._limiter = broker.limiter()
+        return self._limiter
 
     @property
     def hub(self) -> Hub:
@@ -74,11 +84,47 @@ class SSE:
     the app's config wins over them.
     """
 
-    def __init__(self, app: Optional[Flask] = None, **options: Any) -> None:
+    def __init__(
+        self,
+        app: Optional[Flask] = None,
+        *,
+        authorize: Optional[Authorize] = None,
+        token_loader: Optional[TokenLoader] = None,
+        **options: Any,
+    ) -> None:
         load_settings({}, options)  # an unknown or bad option fails here, not at init_app
         self._options = options
+        self._authorize = authorize
+        self._token_loader = token_loader
         if app is not None:
             self.init_app(app)
+
+    def authorize(self, hook: Authorize) -> Authorize:
+        """Decorator: ``hook(identity, channel) -> bool`` decides who reads which channel.
+
+        ``identity`` is an ``Identity`` or ``None`` for an anonymous request. It is asked for
+        every channel before a stream opens, and again before history is replayed.
+        """
+        self._authorize = hook
+        return hook
+
+    def token_loader(self, loader: TokenLoader) -> TokenLoader:
+        """Decorator: ``loader(token) -> Identity`` verifies the app's own tokens (a JWT, say)
+        instead of ``issue_token``'s; it raises ``AuthError`` for a bad one."""
+        self._token_loader = loader
+        return loader
+
+    def issue_token(
+        self,
+        identity: str,
+        channels: Optional[Collection[str]] = None,
+        expires_in: Union[int, float, timedelta] = 3600,
+    ) -> str:
+        """A signed token (with the app's ``SECRET_KEY``) for ``identity``, valid for
+        ``expires_in`` seconds and, with ``channels``, only for those channels. A stream opened
+        with it ends when it expires. Needs an app context."""
+        self._state()
+        return issue_token(current_app, identity, channels, expires_in)
 
     def init_app(self, app: Flask) -> None:
         """Read and validate the config, and register the ``sse`` blueprint.
@@ -138,54 +184,7 @@ class SSE:
         }
 
 
-def _channels() -> Tuple[str, ...]:
-    state: _State = current_app.extensions["sse"]
-    names = request.args.getlist("channel") or ["sse"]
-    if len(names) > state.settings.max_channels_per_connection:
-        abort(400, f"At most {state.settings.max_channels_per_connection} channels per stream")
-    for name in names:
-        try:
-            validate_channel(name)
-        except ValueError as exc:
-            abort(400, str(exc))
-    return tuple(sorted(set(names)))
-
-
-def _stream_view() -> Response:
-    state: _State = current_app.extensions["sse"]
-    settings = state.settings
-    channels = _channels()
-    cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or None
-    if cursor is not None and (len(cursor) > 1024 or not cursor.isprintable()):
-        cursor = "~"  # not an id anyone issued: reported to the client as missed history
-    environ = request.environ
-    check_server(environ)
-    if isinstance(state.broker, MemoryBroker):
-        warn_memory_broker(environ)
-    try:
-        return open_stream(
-            state.hub,
-            state.broker,
-            channels,
-            cursor,
-            retry=settings.retry,
-            heartbeat=settings.heartbeat_interval,
-            max_age=settings.max_connection_age,
-            queue_size=settings.client_queue_size,
-            environ=environ,
-        )
-    except BrokerError as exc:
-        # A non-200 answer would make EventSource give up for good: answer with the retry
-        # hint and end, so the browser tries again once the broker is back.
-        logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
-        return Response(
-            [retry_line(settings.retry), comment("broker unavailable, retry later")],
-            mimetype="text/event-stream",
-            headers=HEADERS,
-        )
-
-
 def _blueprint() -> Blueprint:
     blueprint = Blueprint("sse", __name__)
-    blueprint.add_url_rule("", "stream", _stream_view, methods=["GET"])
+    blueprint.add_url_rule("", "stream", stream_view, methods=["GET", "OPTIONS"])
     return blueprint

@@ -40,6 +40,7 @@ class _Stream:
         heartbeat: float,
         max_age: Optional[float],
         stop_watch: Optional[Callable[[], None]],
+        on_close: Optional[Callable[[], None]] = None,
     ) -> None:
         self.hub = hub
         self.client = client
@@ -49,6 +50,7 @@ class _Stream:
         self.heartbeat = heartbeat
         self.deadline = None if max_age is None else time.monotonic() + max_age
         self.stop_watch = stop_watch
+        self.on_close = on_close
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -96,6 +98,9 @@ class _Stream:
             self.stop_watch()
             self.stop_watch = None
         self.hub.detach(self.client)
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
 
 
 def _missed_event(channels: Sequence[str], cursor_id: str) -> bytes:
@@ -126,13 +131,16 @@ def open_stream(
     max_age: Optional[float],
     queue_size: int,
     environ: Dict[str, Any],
+    allowed: Callable[[str], bool] = lambda channel: True,
+    on_close: Optional[Callable[[], None]] = None,
 ) -> Response:
     """Subscribe, replay after ``cursor``, and return the response that streams the rest.
 
     ``channels`` are sorted and unique. The client subscribes first and then reads history (or,
     with no cursor, each channel's newest position), so nothing published meanwhile falls
     between the two; the stream drops live events that the replay already covers.
-    Raises ``BrokerError`` when the broker cannot subscribe or read history.
+    ``allowed`` is asked again before a channel's history is replayed; ``on_close`` runs when
+    the stream ends. Raises ``BrokerError`` when the broker cannot subscribe or read history.
     """
     after = _cursor_for(channels, cursor)
     client = Client(channels, queue_size, socket_abort(environ))
@@ -140,6 +148,8 @@ def open_stream(
     try:
         broker.ready(channels)
         replays = [broker.replay(c, a) for c, a in zip(channels, after)]
+        replays = [r if not r.messages or allowed(c) else r._replace(messages=[])
+                   for c, r in zip(channels, replays)]  # fmt: skip
     except BaseException:
         hub.detach(client)
         raise
@@ -166,7 +176,7 @@ def open_stream(
         positions[channel] = replay.head
 
     stop_watch = watch_disconnect(environ, client)
-    body = _Stream(hub, client, b"".join(chunks), positions, heartbeat, max_age, stop_watch)
+    body = _Stream(hub, client, b"".join(chunks), positions, heartbeat, max_age, stop_watch, on_close)
     return Response(body, mimetype="text/event-stream", headers=HEADERS)
 
 

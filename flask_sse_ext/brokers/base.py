@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..event import frame
+from ..limits import Limiter, MemoryLimiter
 
 __all__ = [
     "Broker",
@@ -127,6 +128,10 @@ class Broker(ABC):
     @abstractmethod
     def subscriptions(self) -> int:
         """How many channels this broker delivers live (for stats and leak checks)."""
+
+    def limiter(self) -> Limiter:
+        """Connection caps counted where this broker's streams are: here, in this process."""
+        return MemoryLimiter()
 
     def close(self) -> None:
         """Release connections and background work."""

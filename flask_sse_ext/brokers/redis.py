@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from ..limits import Limiter, RedisLimiter
 from .base import Broker, BrokerError, Cursor, Message, Position, Replay, format_position, parse_position
 
 __all__ = ["RedisBroker"]
@@ -203,6 +204,10 @@ class RedisBroker(Broker):
             # Where to catch up from if the connection to Redis drops.
             self._last.setdefault(channel, messages[-1].position if messages else head)
         return Replay(messages, head, bool(reply[1]))
+
+    def limiter(self) -> Limiter:
+        """Connection caps shared by every process that uses this Redis."""
+        return RedisLimiter(self.client, self.prefix)
 
     # -- live delivery ---------------------------------------------------------------------
 

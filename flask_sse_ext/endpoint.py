@@ -1,0 +1,173 @@
+"""The ``sse.stream`` view: every check a request passes before its stream opens.
+
+In order: CORS origin (403), channel names (400), credentials (401), channel authorization
+(403), connection caps (429). Every refusal is a short plain-text answer that says why, with
+the CORS headers that let a cross-origin page read it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+from flask import Response, current_app, request
+
+from .auth import AuthError, Identity, identify, private_channel_allowed
+from .brokers.base import BrokerError
+from .brokers.memory import MemoryBroker
+from .config import validate_channel
+from .cors import cors_headers, origin_allowed, preflight_headers
+from .event import comment, retry_line
+from .serving import check_server, warn_memory_broker
+from .stream import HEADERS, open_stream
+
+if TYPE_CHECKING:
+    from .extension import _State
+
+__all__ = ["stream_view"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _channels(state: _State) -> Tuple[str, ...]:
+    names = request.args.getlist("channel") or ["sse"]
+    limit = state.settings.max_channels_per_connection
+    if len(names) > limit:
+        raise _Refused(400, f"At most {limit} channels per stream (SSE_MAX_CHANNELS_PER_CONNECTION)")
+    for name in names:
+        try:
+            validate_channel(name)
+        except ValueError as exc:
+            raise _Refused(400, str(exc)) from None
+    return tuple(sorted(set(names)))
+
+
+def _unauthorized(message: str, error: Optional[str] = None) -> _Refused:
+    challenge = 'Bearer realm="sse"'
+    if error is not None:
+        challenge += f', error="{error}"'
+    return _Refused(401, message, {"WWW-Authenticate": challenge})
+
+
+def _identity(state: _State) -> Optional[Identity]:
+    try:
+        identity = identify(current_app, request, state.sse._token_loader)
+    except AuthError as exc:
+        raise _unauthorized(f"Invalid credentials: {exc}", "invalid_token") from None
+    if identity is None and state.settings.require_auth:
+        raise _unauthorized("Authentication required: send a Bearer token, ?token=, or log in")
+    return identity
+
+
+def allowed(state: _State, identity: Optional[Identity], channel: str) -> bool:
+    """The channel rules: a token's channel list, private channels, the app's hook."""
+    if identity is not None and identity.channels is not None and channel not in identity.channels:
+        return False
+    if not private_channel_allowed(identity, channel):
+        return False
+    hook = state.sse._authorize
+    return hook is None or bool(hook(identity, channel))
+
+
+def _authorize(state: _State, identity: Optional[Identity], channels: Tuple[str, ...]) -> None:
+    for channel in channels:
+        if not allowed(state, identity, channel):
+            if identity is None:
+                raise _unauthorized(f"Channel {channel!r} needs credentials")
+            raise _Refused(403, f"Not allowed to read channel {channel!r}")
+
+
+def _caps(state: _State, identity: Optional[Identity]) -> List[Tuple[str, int]]:
+    settings = state.settings
+    caps = []
+    if settings.max_connections_per_client is not None:
+        caps.append((f"addr:{request.remote_addr}", settings.max_connections_per_client))
+    if settings.max_connections_per_user is not None and identity is not None:
+        caps.append((f"user:{identity.id}", settings.max_connections_per_user))
+    return caps
+
+
+def _refusal(exc: _Refused, cors: Dict[str, str]) -> Response:
+    headers = {**cors, **exc.headers, "Cache-Control": "no-store"}
+    return Response(str(exc) + "\n", exc.status, headers, mimetype="text/plain")
+
+
+def stream_view() -> Response:
+    state: _State = current_app.extensions["sse"]
+    settings = state.settings
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, settings.cors_origins, request.host_url.rstrip("/")):
+        return _refusal(_Refused(403, f"Origin {origin!r} is not allowed (SSE_CORS_ORIGINS)"), {})
+    cors = cors_headers(origin, settings.cors_origins)
+    if request.method == "OPTIONS":
+        return Response(status=204, headers=preflight_headers(origin or "", settings.cors_origins))
+    handle = None
+    try:
+        channels = _channels(state)
+        identity = _identity(state)
+        _authorize(state, identity, channels)
+        caps = _caps(state, identity)
+        if caps:
+            handle = state.limiter.acquire(caps)
+            if handle is None:
+                raise _Refused(429, "Too many open streams; close one first", {"Retry-After": "5"})
+        response = _open(state, identity, channels, handle)
+    except _Refused as exc:
+        return _refusal(exc, cors)
+    except BaseException:
+        if handle is not None:
+            state.limiter.release(handle)
+        raise
+    response.headers.update(cors)
+    return response
+
+
+def _open(
+    state: _State, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
+) -> Response:
+    settings = state.settings
+    cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or None
+    if cursor is not None and (len(cursor) > 1024 or not cursor.isprintable()):
+        cursor = "~"  # not an id anyone issued: reported to the client as missed history
+    environ = request.environ
+    check_server(environ)
+    if isinstance(state.broker, MemoryBroker):
+        warn_memory_broker(environ)
+    max_age = settings.max_connection_age
+    if identity is not None and identity.expires_at is not None:
+        left = identity.expires_at - time.time()
+        max_age = left if max_age is None else min(max_age, left)
+    on_close = None if handle is None else (lambda: state.limiter.release(handle))
+    try:
+        return open_stream(
+            state.hub,
+            state.broker,
+            channels,
+            cursor,
+            retry=settings.retry,
+            heartbeat=settings.heartbeat_interval,
+            max_age=max_age,
+            queue_size=settings.client_queue_size,
+            environ=environ,
+            allowed=lambda channel: allowed(state, identity, channel),
+            on_close=on_close,
+        )
+    except BrokerError as exc:
+        if on_close is not None:
+            on_close()
+        # A non-200 answer would make EventSource give up for good: answer with the retry
+        # hint and end, so the browser tries again once the broker is back.
+        logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
+        return Response(
+            [retry_line(settings.retry), comment("broker unavailable, retry later")],
+            mimetype="text/event-stream",
+            headers=HEADERS,
+        )
