@@ -84,7 +84,7 @@ def issue_token(
     seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
         raise ValueError(f"expires_in must be a positive number of seconds, got {expires_in!r}")
-    payload: Dict[str, Any] = {"sub": str(identity), "exp": int(time.time() + seconds)}
+    payload: Dict[str, Any] = {"sub": str(identity), "exp": round(time.time() + seconds, 3)}
     if channels is not None:
         payload["ch"] = sorted(validate_channel(c) for c in channels)
     return str(_serializer(app).dumps(payload))
@@ -100,7 +100,7 @@ def verify_token(app: Flask, token: str) -> Identity:
     if not isinstance(payload, dict) or not isinstance(payload.get("sub"), str):
         raise AuthError("invalid token")
     expires_at = payload.get("exp")
-    if not isinstance(expires_at, int) or expires_at <= time.time():
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or expires_at <= time.time():
         raise AuthError("token expired")
     channels = payload.get("ch")
     return Identity(payload["sub"], channels, expires_at)

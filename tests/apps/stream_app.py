@@ -9,20 +9,35 @@ from __future__ import annotations
 import gc
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import greenlet
 from flask import Flask, jsonify, request
 
-from flask_sse_ext import SSE, BrokerError
+from flask_sse_ext import SSE, BrokerError, Identity
 
 sse = SSE()
 
 
+@sse.authorize
+def authorize(identity: Optional[Identity], channel: str) -> bool:
+    """Channels named admin* are for the identity "root" only."""
+    return not channel.startswith("admin") or (identity is not None and identity.id == "root")
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
+    app.config["SECRET_KEY"] = "stream-app-test-secret"
     app.config.update(json.loads(os.environ.get("SSE_TEST_CONFIG", "{}")))
     sse.init_app(app)
+
+    @app.get("/token")
+    def token() -> Any:
+        return sse.issue_token(
+            request.args["identity"],
+            channels=request.args.getlist("channel") or None,
+            expires_in=float(request.args.get("expires", 3600)),
+        )
 
     @app.post("/publish")
     def publish() -> Any:
