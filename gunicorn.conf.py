@@ -6,6 +6,9 @@ argument (``gunicorn -c gunicorn.conf.py myproject:app``) to serve yours.
 
 import os
 
+# A server hook: a stopping worker ends its streams at once, so clients resume elsewhere.
+from flask_sse_ext.gunicorn import post_worker_init  # noqa: F401
+
 wsgi_app = "example_app:app"
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 # One greenlet per connection: a stream costs kilobytes, not a thread or a process.
@@ -15,7 +18,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "10000"))
 # The gevent worker notifies the arbiter from its own loop, so a stream never looks stuck.
 timeout = 30
-# How long a stopping worker waits for open streams to end before it closes them.
+# A stopping worker ends its streams within a second (post_worker_init); this bounds the rest.
 graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
+# Access log lines with '?token=...' (EventSource cannot send headers) show '[redacted]'.
+logger_class = "flask_sse_ext.gunicorn.RedactingLogger"

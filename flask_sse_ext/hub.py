@@ -8,12 +8,16 @@ the browser reconnects with ``Last-Event-ID``), which bounds a worker's memory p
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from typing import Callable, Deque, Dict, Optional, Set, Tuple
 
 from .brokers.base import Broker, Message
 
-__all__ = ["Client", "Hub"]
+__all__ = ["Client", "Hub", "shutdown_all"]
+
+#: Every hub of this process, for ``shutdown_all``.
+_hubs: "weakref.WeakSet[Hub]" = weakref.WeakSet()
 
 #: Why a stream ended early.
 LAGGED = "lagged"
@@ -68,6 +72,7 @@ class Hub:
         self._clients: Dict[str, Set[Client]] = {}
         self._all: Set[Client] = set()
         broker.start(self.deliver)
+        _hubs.add(self)
 
     def attach(self, client: Client) -> None:
         """Start routing ``client``'s channels to it, subscribing the broker to new ones."""
@@ -115,3 +120,9 @@ class Hub:
     @property
     def channel_count(self) -> int:
         return len(self._clients)
+
+
+def shutdown_all() -> None:
+    """End every stream of this process (a worker that is stopping hands its clients over)."""
+    for hub in list(_hubs):
+        hub.shutdown()

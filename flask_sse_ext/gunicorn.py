@@ -1,0 +1,51 @@
+"""gunicorn integration: hand streams over on shutdown, and keep tokens out of access logs.
+
+In ``gunicorn.conf.py``::
+
+    from flask_sse_ext.gunicorn import post_worker_init  # noqa: F401  (a server hook)
+    logger_class = "flask_sse_ext.gunicorn.RedactingLogger"
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any, Dict
+
+from gunicorn.glogging import Logger
+
+from .hub import shutdown_all
+
+__all__ = ["RedactingLogger", "post_worker_init"]
+
+_TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s\"]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every ``token=`` query parameter replaced."""
+    return _TOKEN.sub(r"\1[redacted]", text)
+
+
+class RedactingLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, with ``token=`` values removed from access log lines."""
+
+    def atoms(self, resp: Any, req: Any, environ: Dict[str, Any], request_time: Any) -> Dict[str, Any]:
+        atoms: Dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        for key in ("r", "q", "U", "{raw_uri}e"):
+            if isinstance(atoms.get(key), str):
+                atoms[key] = redact(atoms[key])
+        return atoms
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn hook: when this worker starts to stop (SIGTERM, a HUP reload, ``max_requests``),
+    end its streams at once, so browsers reconnect to a live worker with ``Last-Event-ID``
+    instead of holding this one until ``graceful_timeout``."""
+
+    def watch() -> None:
+        while worker.alive:
+            time.sleep(0.2)
+        shutdown_all()
+
+    threading.Thread(target=watch, name="sse-shutdown-watch", daemon=True).start()
