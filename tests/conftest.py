@@ -19,6 +19,8 @@ from flask import Flask
 from flask_sse_ext import SSE
 from conftest_ports import free_port
 from redis_server import RedisCluster, RedisServer
+from browser import browser, browser_session, page  # noqa: F401
+from nginx_server import start_nginx  # noqa: F401
 from sse_client import OPEN, request
 
 ROOT = Path(__file__).resolve().parent.parent

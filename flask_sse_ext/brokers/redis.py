@@ -117,6 +117,8 @@ class RedisBroker(Broker):
         self.history_ttl = history_ttl
         self.max_backoff = max_backoff
         self.sharded = isinstance(client, redis.RedisCluster)
+        # A cluster's sharded pub/sub is polled node by node: keep each poll short.
+        self._poll_timeout = 0.02 if self.sharded else 1.0
         self._publish = client.register_script(_PUBLISH)
         self._replay = client.register_script(_REPLAY)
         self._deliver: Optional[Callable[[Message], None]] = None
@@ -295,8 +297,7 @@ class RedisBroker(Broker):
 
     def _read(self, pubsub: Any) -> None:
         get = pubsub.get_sharded_message if self.sharded else pubsub.get_message
-        # A cluster's sharded pub/sub is polled node by node: keep each poll short.
-        timeout = 0.02 if self.sharded else 1.0
+        timeout = self._poll_timeout
         while not self._closed:
             if self._held is not None and all(
                 event.is_set() for event in list(self._confirmed.values())
@@ -350,10 +351,10 @@ class RedisBroker(Broker):
             self._on_message(message)
 
     def close(self) -> None:
+        """Stop the listener (it closes its own pub/sub connection) and release connections."""
         self._closed = True
-        pubsub = self._pubsub
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except _CONNECTION_ERRORS:
-                pass
+        if self._listener is not None and self._listener is not threading.current_thread():
+            self._listener.join(2 * self._poll_timeout + 1)
+        self.client.close()
+        if self.pubsub_client is not self.client:
+            self.pubsub_client.close()

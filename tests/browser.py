@@ -1,0 +1,131 @@
+"""A real headless Chromium (Debian's /usr/bin/chromium) driven by Playwright's sync API.
+
+Playwright is used as a library only: ``pip install playwright``, never ``playwright install``
+(the browser is Debian's, from ``apt-get install chromium``). A missing browser fails the test
+that asks for it, with the command that installs it: it is never skipped.
+
+Playwright's sync API runs an asyncio event loop in a greenlet and leaves that loop marked as
+the thread's running loop between calls. Left so, any later test in the session that runs its
+own loop (``asyncio.run``, async views through asgiref) would fail with "cannot be called from
+a running event loop". The fixtures therefore mark it running only while a test that uses the
+browser runs (the function-scoped ``browser`` fixture). The test process must not be
+monkey-patched by gevent (the suite runs gevent only inside the gunicorn subprocesses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+CHROMIUM = "/usr/bin/chromium"
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Without these, Chromium's background requests take up connections and many of the
+    # test's own connections are refused at once.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+#: Playwright's event loop while no browser test runs (see the module docstring).
+_parked_loop: Optional[asyncio.AbstractEventLoop] = None
+
+
+def _park() -> None:
+    global _parked_loop
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        _parked_loop = loop
+        asyncio._set_running_loop(None)
+
+
+def _unpark() -> None:
+    global _parked_loop
+    if _parked_loop is not None:
+        asyncio._set_running_loop(_parked_loop)
+        _parked_loop = None
+
+
+@contextmanager
+def _playwright_loop() -> Iterator[None]:
+    """Playwright's loop marked running inside the block, and no running loop after it."""
+    _unpark()
+    try:
+        yield
+    finally:
+        _park()
+
+
+def _check_environment() -> None:
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
+            "(apt-get install chromium; .ci/run installs it)",
+            pytrace=False,
+        )
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_anything_patched():
+        pytest.fail("gevent monkey-patched the test process: Playwright cannot run", pytrace=False)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        pytest.fail("an asyncio loop runs in the test thread: Playwright's sync API cannot start")
+
+
+@pytest.fixture(scope="session")
+def browser_session() -> Iterator["Browser"]:
+    """One headless Chromium for the session; tests use ``browser`` or ``page``."""
+    _check_environment()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is missing: pip install -e '.[test]' (or pip install playwright)")
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=30_000
+        )
+    except BaseException:
+        playwright.stop()
+        _park()
+        raise
+    _park()
+    yield chromium
+    with _playwright_loop():
+        try:
+            chromium.close()
+        finally:
+            playwright.stop()
+
+
+@pytest.fixture
+def browser(browser_session: "Browser") -> Iterator["Browser"]:
+    """The session's Chromium, usable for the duration of this test."""
+    with _playwright_loop():
+        yield browser_session
+
+
+@pytest.fixture
+def page(browser: "Browser") -> Iterator["Page"]:
+    """A page in a fresh browser context (no shared cookies or cache), closed after the test."""
+    context = browser.new_context()
+    context.set_default_timeout(10_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

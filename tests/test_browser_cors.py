@@ -1,0 +1,73 @@
+"""Cross-origin EventSource with credentials in a real headless Chromium."""
+
+from __future__ import annotations
+
+import http.server
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import Server
+from conftest_ports import free_port
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>other origin</title>
+<script>
+  window.events = [];
+  window.errors = 0;
+  const source = new EventSource(STREAM_URL, { withCredentials: true });
+  window.source = source;
+  source.onopen = () => { window.opened = true; };
+  source.onmessage = (e) => window.events.push(e.data);
+  source.onerror = () => { window.errors += 1; window.state = source.readyState; };
+</script>"""
+
+
+@pytest.fixture
+def other_origin() -> Iterator[Any]:
+    """A static page server on its own loopback port: another origin than the app's."""
+    root = Path(tempfile.mkdtemp(prefix="origin-"))
+    port = free_port()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    def serve(stream_url: str) -> str:
+        (root / "page.html").write_text(PAGE.replace("STREAM_URL", repr(stream_url)))
+        return f"http://127.0.0.1:{port}/page.html"
+
+    serve.origin = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    yield serve
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_allowed_origin_receives_events(start_server: Any, page: Any, other_origin: Any) -> None:
+    server: Server = start_server(config={"SSE_CORS_ORIGINS": [other_origin.origin]})
+    page.goto(other_origin(f"http://127.0.0.1:{server.port}/stream?channel=cors"))
+    page.wait_for_function("window.opened === true", timeout=5000)
+    server.publish(data="across origins", channel="cors")
+    page.wait_for_function("window.events.length === 1", timeout=5000)
+    assert page.evaluate("window.events") == ["across origins"]
+    assert page.evaluate("window.errors") == 0
+
+
+def test_disallowed_origin_is_refused(start_server: Any, page: Any, other_origin: Any) -> None:
+    server: Server = start_server(config={"SSE_CORS_ORIGINS": ["http://127.0.0.1:1"]})
+    page.goto(other_origin(f"http://127.0.0.1:{server.port}/stream?channel=cors"))
+    # A refused EventSource fails for good: readyState CLOSED (2), no reconnection.
+    page.wait_for_function("window.state === 2", timeout=5000)
+    server.publish(data="must not arrive", channel="cors")
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.events") == []
+    assert not page.evaluate("window.opened === true")
