@@ -2,6 +2,7 @@
 
 from .auth import AuthError, Identity, private_channel
 from .brokers.base import BrokerError
+from .direct import END_EVENT, ERROR_EVENT
 from .event import Event
 from .extension import SSE
 from .publisher import Publisher
@@ -15,5 +16,7 @@ __all__ = [
     "AuthError",
     "BrokerError",
     "MISSED_EVENT",
+    "END_EVENT",
+    "ERROR_EVENT",
     "private_channel",
 ]

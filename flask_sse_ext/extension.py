@@ -6,18 +6,20 @@ import logging
 import os
 import threading
 from datetime import timedelta
-from typing import Any, Collection, Dict, Optional, Union
+from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Union
 
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask, Response, current_app, request
 
 from .auth import Authorize, TokenLoader, issue_token
 from .brokers.base import Broker
 from .brokers.memory import MemoryBroker
 from .config import Settings, load_settings
+from .direct import direct_response
 from .endpoint import stream_view
 from .hub import Hub
 from .limits import Limiter
 from .publisher import prepare_event
+from .stream import HEADERS
 
 __all__ = ["SSE"]
 
@@ -172,6 +174,36 @@ class SSE:
         return state.broker.publish(channel, body, id).id
 
 
+    def response(
+        self,
+        iterable: Iterable[Any],
+        *,
+        heartbeat: Optional[float] = None,
+        retry: Optional[int] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        expose_errors: bool = False,
+    ) -> Response:
+        """A streaming response of this request's own events, from any view and any method.
+
+        Each item of ``iterable`` is an ``Event``, a ``str`` (sent as data) or any other
+        JSON-serializable value. The headers and ``retry:`` go out at once; a heartbeat every
+        ``heartbeat`` seconds (default ``SSE_HEARTBEAT_INTERVAL``) while the generator waits;
+        ``event: sse.end`` when it is done. If it raises, the client gets ``event: sse.error``
+        with ``{"error": "internal error"}`` (the exception text with ``expose_errors``). When
+        the client leaves, the generator is stopped and its ``finally`` runs.
+        """
+        settings = self._state().settings
+        return direct_response(
+            iterable,
+            heartbeat=settings.heartbeat_interval if heartbeat is None else heartbeat,
+            retry=settings.retry if retry is None else retry,
+            headers=headers,
+            expose_errors=expose_errors,
+            queue_size=settings.client_queue_size,
+            environ=request.environ,
+            base_headers=HEADERS,
+        )
+
     def stats(self) -> Dict[str, int]:
         """Counters of this process: open ``streams``, ``channels`` with local streams, and the
         broker's live ``subscriptions``. Needs an app context."""
@@ -185,6 +217,7 @@ class SSE:
 
 
 def _blueprint() -> Blueprint:
-    blueprint = Blueprint("sse", __name__)
+    # The JS client is served at <SSE_URL_PREFIX>/static/sse-client.js (url_for("sse.static", ...)).
+    blueprint = Blueprint("sse", __name__, static_folder="static")
     blueprint.add_url_rule("", "stream", stream_view, methods=["GET", "OPTIONS"])
     return blueprint

@@ -13,7 +13,6 @@ import socket
 import sys
 from typing import Any, Callable, Dict, Optional, Set
 
-from .hub import GONE, Client
 
 __all__ = ["gevent_active", "watch_disconnect", "socket_abort", "check_server", "sibling_workers"]
 
@@ -33,8 +32,10 @@ def _raw_socket(environ: Dict[str, Any]) -> Any:
     return getattr(sock, "_sock", None) if gevent_active() else None
 
 
-def watch_disconnect(environ: Dict[str, Any], client: Client) -> Optional[Callable[[], None]]:
-    """Close ``client`` as soon as its connection is closed by the peer.
+def watch_disconnect(
+    environ: Dict[str, Any], on_gone: Callable[[], None]
+) -> Optional[Callable[[], None]]:
+    """Call ``on_gone`` as soon as the connection is closed by the peer.
 
     Returns a function that stops watching, or ``None`` where the server offers no socket.
     """
@@ -55,7 +56,7 @@ def watch_disconnect(environ: Dict[str, Any], client: Client) -> Optional[Callab
         watcher.stop()
         # Bytes from the client belong to the server (a pipelined request): leave them be.
         if not data:
-            client.close(GONE)
+            on_gone()
 
     def stop() -> None:
         watcher.stop()

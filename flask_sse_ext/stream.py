@@ -175,7 +175,7 @@ def open_stream(
     for channel, replay in zip(channels, replays):
         positions[channel] = replay.head
 
-    stop_watch = watch_disconnect(environ, client)
+    stop_watch = watch_disconnect(environ, lambda: client.close(GONE))
     body = _Stream(hub, client, b"".join(chunks), positions, heartbeat, max_age, stop_watch, on_close)
     return Response(body, mimetype="text/event-stream", headers=HEADERS)
 

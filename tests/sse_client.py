@@ -27,6 +27,8 @@ class RawStream:
         timeout: float = 5.0,
         host: str = "127.0.0.1",
         rcvbuf: Optional[int] = None,
+        method: str = "GET",
+        body: bytes = b"",
     ) -> None:
         self.sock = socket.socket()
         if rcvbuf is not None:
@@ -35,9 +37,9 @@ class RawStream:
         self.sock.settimeout(timeout)
         self.sock.connect((host, port))
         OPEN.append(self)
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         self._buf = b""
         self.parser = SSEParser()
         self.backlog: List[ParsedEvent] = []

@@ -19,7 +19,8 @@ def history(app: Flask, channel: str) -> list:
 
 def test_public_names() -> None:
     assert sorted(flask_sse_ext.__all__) == [
-        "AuthError", "BrokerError", "Event", "Identity", "MISSED_EVENT", "Publisher", "SSE", "private_channel",
+        "AuthError", "BrokerError", "END_EVENT", "ERROR_EVENT", "Event", "Identity", "MISSED_EVENT",
+        "Publisher", "SSE", "private_channel",
     ]
     for name in flask_sse_ext.__all__:
         assert getattr(flask_sse_ext, name) is not None

@@ -9,14 +9,17 @@ from __future__ import annotations
 import gc
 import json
 import os
-from typing import Any, Optional
+import time
+from typing import Any, Dict, Iterator, Optional
 
 import greenlet
 from flask import Flask, jsonify, request
 
-from flask_sse_ext import SSE, BrokerError, Identity
+from flask_sse_ext import SSE, BrokerError, Event, Identity
 
 sse = SSE()
+#: When each /probe generator's ``finally`` ran (epoch seconds), by name.
+FINALLY: Dict[str, float] = {}
 
 
 @sse.authorize
@@ -30,6 +33,52 @@ def create_app() -> Flask:
     app.config["SECRET_KEY"] = "stream-app-test-secret"
     app.config.update(json.loads(os.environ.get("SSE_TEST_CONFIG", "{}")))
     sse.init_app(app)
+
+    @app.post("/chat")
+    def chat() -> Any:
+        prompt = request.get_json()["prompt"]
+
+        def reply() -> Iterator[Any]:
+            for word in f"You said: {prompt}".split(" "):
+                yield Event(word, event="token")
+                time.sleep(0.05)
+
+        return sse.response(reply())
+
+    @app.get("/slow")
+    def slow() -> Any:
+        pause = float(request.args["pause"])
+
+        def items() -> Iterator[str]:
+            yield "first"
+            time.sleep(pause)
+            yield "second"
+
+        return sse.response(items(), heartbeat=float(request.args.get("heartbeat", 0.5)))
+
+    @app.get("/probe/<name>")
+    def probe(name: str) -> Any:
+        def forever() -> Iterator[str]:
+            try:
+                while True:
+                    yield "tick"
+                    time.sleep(30)  # an upstream call that takes long
+            finally:
+                FINALLY[name] = time.time()
+
+        return sse.response(forever(), heartbeat=5)
+
+    @app.get("/finally/<name>")
+    def finally_at(name: str) -> Any:
+        return jsonify(at=FINALLY.get(name))
+
+    @app.get("/fail")
+    def fail() -> Any:
+        def items() -> Iterator[str]:
+            yield "ok"
+            raise RuntimeError("upstream exploded with a secret")
+
+        return sse.response(items(), expose_errors=request.args.get("expose") == "1")
 
     @app.get("/token")
     def token() -> Any:

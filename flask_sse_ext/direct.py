@@ -1,0 +1,160 @@
+"""Direct streams: one request streams its own events (LLM tokens, a job's log) from a generator.
+
+The generator runs apart from the writer (a greenlet under gevent, a thread otherwise), so a
+heartbeat goes out while it waits on an upstream API, and when the client goes away the
+generator is stopped: under gevent at once, wherever it waits, so its ``finally`` closes the
+upstream call; under threads when it next yields.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
+from flask import Response, copy_current_request_context, has_request_context
+
+from .event import Event, comment, encode_body, retry_line
+from .serving import gevent_active, watch_disconnect
+
+__all__ = ["END_EVENT", "ERROR_EVENT", "direct_response"]
+
+logger = logging.getLogger(__name__)
+
+#: Sent when the generator is done; clients close on it instead of reconnecting.
+END_EVENT = "sse.end"
+#: Sent when the generator raised; ``data`` is ``{"error": ...}``.
+ERROR_EVENT = "sse.error"
+
+_HEARTBEAT = comment()
+_DONE = object()
+
+
+def _encode(item: Any) -> bytes:
+    if isinstance(item, Event):
+        return item.encode()
+    return encode_body(item) + b"\n"
+
+
+class _Gone(Exception):
+    """The client left: the producer stops."""
+
+
+class _DirectStream:
+    def __init__(
+        self,
+        iterable: Iterable[Any],
+        heartbeat: float,
+        retry: int,
+        expose_errors: bool,
+        queue_size: int,
+        environ: Dict[str, Any],
+    ) -> None:
+        self.heartbeat = heartbeat
+        self.expose_errors = expose_errors
+        self.queue: "queue.Queue[Any]" = queue.Queue(queue_size)
+        self.opening: Optional[bytes] = retry_line(retry)
+        self.finished = False
+        self.stopped = threading.Event()
+        produce: Callable[[], None] = lambda: self._produce(iterable)
+        if has_request_context():
+            produce = copy_current_request_context(produce)
+        self.greenlet: Any = None
+        if gevent_active():
+            import gevent
+
+            self.greenlet = gevent.spawn(produce)
+        else:
+            threading.Thread(target=produce, name="sse-direct-producer", daemon=True).start()
+        self.stop_watch = watch_disconnect(environ, self._gone)
+
+    def _gone(self) -> None:
+        self.stopped.set()
+        try:
+            self.queue.put_nowait(_DONE)
+        except queue.Full:
+            pass  # the writer has data waiting and finds the stream stopped after it
+
+    def _put(self, item: Any) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        raise _Gone
+
+    def _produce(self, iterable: Iterable[Any]) -> None:
+        iterator = iter(iterable)
+        try:
+            for item in iterator:
+                self._put(_encode(item))
+            self._put(encode_body("", END_EVENT) + b"\n")
+        except _Gone:
+            pass
+        except Exception as exc:  # the app's generator failed: tell the client, then end
+            logger.exception("A direct SSE stream's generator raised")
+            message = f"{type(exc).__name__}: {exc}" if self.expose_errors else "internal error"
+            try:
+                self._put(encode_body({"error": message}, ERROR_EVENT) + b"\n")
+            except _Gone:
+                pass
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            try:
+                self.queue.put_nowait(_DONE)
+            except queue.Full:
+                pass
+
+    def __iter__(self) -> "_DirectStream":
+        return self
+
+    def __next__(self) -> bytes:
+        if self.opening is not None:
+            chunk, self.opening = self.opening, None
+            return chunk
+        if self.finished or self.stopped.is_set():
+            raise StopIteration
+        try:
+            item = self.queue.get(timeout=self.heartbeat)
+        except queue.Empty:
+            return _HEARTBEAT
+        chunks: List[bytes] = []
+        while item is not _DONE:
+            chunks.append(item)
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+        if item is _DONE:
+            self.finished = True
+        if not chunks:
+            raise StopIteration
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.stopped.set()
+        if self.stop_watch is not None:
+            self.stop_watch()
+            self.stop_watch = None
+        if self.greenlet is not None:
+            # Raises GreenletExit where the generator waits, so its ``finally`` runs now.
+            self.greenlet.kill(block=True, timeout=self.heartbeat)
+
+
+def direct_response(
+    iterable: Iterable[Any],
+    *,
+    heartbeat: float,
+    retry: int,
+    headers: Optional[Mapping[str, str]],
+    expose_errors: bool,
+    queue_size: int,
+    environ: Dict[str, Any],
+    base_headers: Mapping[str, str],
+) -> Response:
+    body = _DirectStream(iterable, heartbeat, retry, expose_errors, queue_size, environ)
+    return Response(body, mimetype="text/event-stream", headers={**base_headers, **(headers or {})})
