@@ -290,3 +290,27 @@ def test_client_that_cannot_keep_up_is_cut_and_replays(start_server: object, cha
     replayed = again.events(TOTAL - start, timeout=10)
     assert [e.data.split(":")[0] for e in replayed] == [str(i) for i in range(start, TOTAL)]
     again.close()
+
+
+def test_sync_worker_is_warned_about(start_server: object) -> None:
+    server: Server = start_server(args=["-k", "sync"])  # type: ignore[operator]
+    stream = RawStream(server.port, "/stream?channel=x&channel=y")
+    stream.opening()
+    stream.close()
+    time.sleep(0.3)
+    assert "this gunicorn worker is synchronous, so one open stream blocks the whole worker" in server.log()
+
+
+def test_memory_broker_with_several_workers_is_warned_about(start_server: object) -> None:
+    server: Server = start_server(workers=2)  # type: ignore[operator]
+    for _ in range(4):  # whichever worker answers warns
+        stream = open_stream(server, "channel=x")
+        stream.close()
+    time.sleep(0.3)
+    assert "several gunicorn workers share no in-process broker" in server.log()
+
+
+def test_one_worker_with_memory_broker_is_not_warned_about(server: Server) -> None:
+    open_stream(server, "channel=x").close()
+    assert "several gunicorn workers" not in server.log()
+    assert "synchronous" not in server.log()
