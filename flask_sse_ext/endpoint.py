@@ -20,6 +20,7 @@ from .config import validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
 from .event import comment, retry_line
 from .serving import check_server, warn_memory_broker
+from .signals import stream_closed, stream_opened
 from .stream import HEADERS, open_stream
 
 if TYPE_CHECKING:
@@ -145,9 +146,15 @@ def _open(
     if identity is not None and identity.expires_at is not None:
         left = identity.expires_at - time.time()
         max_age = left if max_age is None else min(max_age, left)
-    on_close = None if handle is None else (lambda: state.limiter.release(handle))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def on_close(reason: Optional[str]) -> None:
+        if handle is not None:
+            state.limiter.release(handle)
+        stream_closed.send(app, channels=channels, identity=identity, reason=reason)
+
     try:
-        return open_stream(
+        response = open_stream(
             state.hub,
             state.broker,
             channels,
@@ -161,8 +168,8 @@ def _open(
             on_close=on_close,
         )
     except BrokerError as exc:
-        if on_close is not None:
-            on_close()
+        if handle is not None:
+            state.limiter.release(handle)
         # A non-200 answer would make EventSource give up for good: answer with the retry
         # hint and end, so the browser tries again once the broker is back.
         logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
@@ -171,3 +178,5 @@ def _open(
             mimetype="text/event-stream",
             headers=HEADERS,
         )
+    stream_opened.send(app, channels=channels, identity=identity)
+    return response

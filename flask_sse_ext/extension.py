@@ -14,11 +14,13 @@ from .auth import Authorize, TokenLoader, issue_token
 from .brokers.base import Broker
 from .brokers.memory import MemoryBroker
 from .config import Settings, load_settings
+from .cli import cli
 from .direct import direct_response
 from .endpoint import stream_view
-from .hub import Hub
+from .hub import Hub, Stats
 from .limits import Limiter
 from .publisher import prepare_event
+from .signals import event_published
 from .stream import HEADERS
 
 __all__ = ["SSE"]
@@ -36,6 +38,7 @@ class _State:
         self._broker: Optional[Broker] = None
         self._hub: Optional[Hub] = None
         self._limiter: Optional[Limiter] = None
+        self._stats = Stats()
 
     def _new_broker(self) -> Broker:
         settings = self.settings
@@ -50,6 +53,9 @@ class _State:
 
     @property
     def broker(self) -> Broker:
+        return self._for_this_process()
+
+    def _for_this_process(self) -> Broker:
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
@@ -57,9 +63,15 @@ class _State:
                     self._broker = self._new_broker()
                     self._hub = None
                     self._limiter = None
+                    self._stats = Stats()
                     self._pid = os.getpid()
         assert self._broker is not None
         return self._broker
+
+    @property
+    def stats(self) -> Stats:
+        self._for_this_process()  # a forked process starts with counters of its own
+        return self._stats
 
     @property
     def limiter(self) -> Limiter:
@@ -74,7 +86,7 @@ class _State:
         if self._hub is None:
             with self._lock:
                 if self._hub is None:
-                    self._hub = Hub(broker)
+                    self._hub = Hub(broker, self._stats)
         return self._hub
 
 
@@ -171,7 +183,10 @@ class SSE:
         """
         state = self._state()
         body = prepare_event(data, event, id, retry, channel, type, state.settings.max_event_bytes)
-        return state.broker.publish(channel, body, id).id
+        event_id = state.broker.publish(channel, body, id).id
+        state.stats.published += 1
+        event_published.send(current_app._get_current_object(), channel=channel, id=event_id)  # type: ignore[attr-defined]
+        return event_id
 
 
     def response(
@@ -205,19 +220,28 @@ class SSE:
         )
 
     def stats(self) -> Dict[str, int]:
-        """Counters of this process: open ``streams``, ``channels`` with local streams, and the
-        broker's live ``subscriptions``. Needs an app context."""
+        """Counters of this process: open ``streams``; ``channels`` with local streams and the
+        broker's live ``subscriptions``; events ``published``, ``delivered`` live and
+        ``replayed`` from history; streams cut as ``lagged``; ``broker_reconnects`` to Redis.
+        Needs an app context."""
         state = self._state()
-        hub = state.hub
+        counters = state.stats
+        hub = state._hub if state._pid == os.getpid() else None
         return {
-            "streams": hub.client_count,
-            "channels": hub.channel_count,
+            "streams": hub.client_count if hub is not None else 0,
+            "channels": hub.channel_count if hub is not None else 0,
             "subscriptions": state.broker.subscriptions,
+            "published": counters.published,
+            "delivered": counters.delivered,
+            "replayed": counters.replayed,
+            "lagged": counters.lagged,
+            "broker_reconnects": state.broker.reconnects,
         }
 
 
 def _blueprint() -> Blueprint:
     # The JS client is served at <SSE_URL_PREFIX>/static/sse-client.js (url_for("sse.static", ...)).
-    blueprint = Blueprint("sse", __name__, static_folder="static")
+    blueprint = Blueprint("sse", __name__, static_folder="static", cli_group=None)
+    blueprint.cli.add_command(cli)
     blueprint.add_url_rule("", "stream", stream_view, methods=["GET", "OPTIONS"])
     return blueprint

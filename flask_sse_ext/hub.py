@@ -25,16 +25,33 @@ GONE = "gone"
 SHUTDOWN = "shutdown"
 
 
+class Stats:
+    """Counters of one process, reported by ``SSE.stats()``."""
+
+    __slots__ = ("published", "delivered", "replayed", "lagged")
+
+    def __init__(self) -> None:
+        #: Events this process published.
+        self.published = 0
+        #: Events written to streams live (one per event per stream).
+        self.delivered = 0
+        #: Events written to streams from history, on reconnects.
+        self.replayed = 0
+        #: Streams cut because their client could not keep up.
+        self.lagged = 0
+
+
 class Client:
     """One open stream's inbox. ``put`` never blocks; the stream drains ``queue`` on ``wake``."""
 
-    __slots__ = ("channels", "queue", "wake", "maxsize", "closed", "abort")
+    __slots__ = ("channels", "queue", "wake", "maxsize", "closed", "abort", "stats")
 
     def __init__(
         self,
         channels: Tuple[str, ...],
         maxsize: int,
         abort: Optional[Callable[[], None]] = None,
+        stats: Optional[Stats] = None,
     ) -> None:
         self.channels = channels
         self.queue: Deque[Message] = deque()
@@ -45,12 +62,15 @@ class Client:
         self.closed: Optional[str] = None
         #: Called when the client lags, to unblock a write stuck on a reader that stopped.
         self.abort = abort
+        self.stats = stats
 
     def put(self, message: Message) -> None:
         if self.closed is not None:
             return
         if len(self.queue) >= self.maxsize:
             self.close(LAGGED)
+            if self.stats is not None:
+                self.stats.lagged += 1
             if self.abort is not None:
                 self.abort()
             return
@@ -66,11 +86,12 @@ class Client:
 class Hub:
     """Routes a broker's live messages to the clients of this process."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, stats: Optional[Stats] = None) -> None:
         self.broker = broker
         self._lock = threading.Lock()
         self._clients: Dict[str, Set[Client]] = {}
         self._all: Set[Client] = set()
+        self.stats = Stats() if stats is None else stats
         broker.start(self.deliver)
         _hubs.add(self)
 

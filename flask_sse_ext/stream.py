@@ -40,7 +40,7 @@ class _Stream:
         heartbeat: float,
         max_age: Optional[float],
         stop_watch: Optional[Callable[[], None]],
-        on_close: Optional[Callable[[], None]] = None,
+        on_close: Optional[Callable[[Optional[str]], None]] = None,
     ) -> None:
         self.hub = hub
         self.client = client
@@ -88,6 +88,7 @@ class _Stream:
                 continue  # already sent by the replay
             positions[message.channel] = message.position
             out.append(message.frame if self.single else self._multi_frame(message))
+        self.hub.stats.delivered += len(out)
         return b"".join(out)
 
     def _multi_frame(self, message: Message) -> bytes:
@@ -99,7 +100,7 @@ class _Stream:
             self.stop_watch = None
         self.hub.detach(self.client)
         if self.on_close is not None:
-            self.on_close()
+            self.on_close(self.client.closed)
             self.on_close = None
 
 
@@ -132,7 +133,7 @@ def open_stream(
     queue_size: int,
     environ: Dict[str, Any],
     allowed: Callable[[str], bool] = lambda channel: True,
-    on_close: Optional[Callable[[], None]] = None,
+    on_close: Optional[Callable[[Optional[str]], None]] = None,
 ) -> Response:
     """Subscribe, replay after ``cursor``, and return the response that streams the rest.
 
@@ -140,10 +141,10 @@ def open_stream(
     with no cursor, each channel's newest position), so nothing published meanwhile falls
     between the two; the stream drops live events that the replay already covers.
     ``allowed`` is asked again before a channel's history is replayed; ``on_close`` runs when
-    the stream ends. Raises ``BrokerError`` when the broker cannot subscribe or read history.
+    the stream ends, with the reason it was cut (or ``None``). Raises ``BrokerError`` when the broker cannot subscribe or read history.
     """
     after = _cursor_for(channels, cursor)
-    client = Client(channels, queue_size, socket_abort(environ))
+    client = Client(channels, queue_size, socket_abort(environ), hub.stats)
     hub.attach(client)
     try:
         broker.ready(channels)
@@ -174,6 +175,7 @@ def open_stream(
             chunks.append(message.frame)
     for channel, replay in zip(channels, replays):
         positions[channel] = replay.head
+        hub.stats.replayed += len(replay.messages)
 
     stop_watch = watch_disconnect(environ, lambda: client.close(GONE))
     body = _Stream(hub, client, b"".join(chunks), positions, heartbeat, max_age, stop_watch, on_close)

@@ -173,16 +173,57 @@ def test_publish_from_cli_command_and_background_thread(app: Flask, sse: SSE) ->
     assert [m.body for m in messages] == [b"data: from cli\n", b"data: from job\n"]
 
 
-def test_stats(app: Flask, sse: SSE) -> None:
+ZERO = {"streams": 0, "channels": 0, "subscriptions": 0, "published": 0, "delivered": 0,
+        "replayed": 0, "lagged": 0, "broker_reconnects": 0}  # fmt: skip
+
+
+def test_stats_and_signals(app: Flask, sse: SSE) -> None:
+    from flask_sse_ext.signals import event_published, stream_closed, stream_opened
+
+    seen = []
+    for signal in (stream_opened, stream_closed, event_published):
+        signal.connect(lambda sender, name=signal.name, **kw: seen.append((name, sender, kw)), weak=False)
     client = app.test_client()
     with app.app_context():
-        assert sse.stats() == {"streams": 0, "channels": 0, "subscriptions": 0}
-    response = client.get("/stream?channel=a&channel=b", buffered=False)
+        assert sse.stats() == ZERO
+        first = sse.publish("before", channel="a")
+    response = client.get("/stream?channel=a&channel=b", headers={"Last-Event-ID": "~0.0"}, buffered=False)
     with app.app_context():
-        assert sse.stats() == {"streams": 1, "channels": 2, "subscriptions": 2}
+        assert sse.stats() == {**ZERO, "streams": 1, "channels": 2, "subscriptions": 2,
+                               "published": 1}  # fmt: skip
     response.close()
     with app.app_context():
-        assert sse.stats() == {"streams": 0, "channels": 0, "subscriptions": 0}
+        assert sse.stats() == {**ZERO, "published": 1}
+    assert [(name, sender) for name, sender, _ in seen] == [
+        ("sse-event-published", app), ("sse-stream-opened", app), ("sse-stream-closed", app),
+    ]
+    assert seen[0][2] == {"channel": "a", "id": first}
+    assert seen[1][2] == {"channels": ("a", "b"), "identity": None}
+    assert seen[2][2] == {"channels": ("a", "b"), "identity": None, "reason": None}
+    for signal in (stream_opened, stream_closed, event_published):
+        signal.receivers.clear()
+
+
+def test_delivered_replayed_and_lagged_counters(app: Flask) -> None:
+    app.config["SSE_CLIENT_QUEUE_SIZE"] = 2
+    sse = SSE(app)
+    with app.app_context():
+        first = sse.publish("one", channel="c")
+        sse.publish("two", channel="c")
+    replaying = app.test_client().get("/stream?channel=c", headers={"Last-Event-ID": first}, buffered=False)
+    live = app.test_client().get("/stream?channel=c", buffered=False)
+    chunks = iter(live.response)
+    next(chunks)
+    with app.app_context():
+        sse.publish("three", channel="c")
+    next(chunks)
+    with app.app_context():
+        for i in range(2):  # the replaying client reads nothing: its queue of 2 overflows
+            sse.publish(str(i), channel="c")
+        stats = sse.stats()
+    assert (stats["replayed"], stats["delivered"], stats["lagged"]) == (1, 1, 1)
+    replaying.close()
+    live.close()
 
 
 def test_stream_works_in_flask_test_client_threaded_mode(app: Flask, sse: SSE) -> None:

@@ -95,6 +95,9 @@ class Broker(ABC):
     ``subscribe``; ``deliver`` may be called from a broker's own greenlet or thread.
     """
 
+    #: How often the broker connected again after losing its transport.
+    reconnects = 0
+
     @abstractmethod
     def start(self, deliver: Callable[[Message], None]) -> None:
         """Begin delivering live messages of subscribed channels to ``deliver``."""

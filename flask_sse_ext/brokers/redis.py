@@ -132,8 +132,6 @@ class RedisBroker(Broker):
         self._held: Optional[List[Message]] = None
         self._closed = False
         self._listener: Optional[threading.Thread] = None
-        #: How often the listener has connected again after losing Redis.
-        self.reconnects = 0
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisBroker:

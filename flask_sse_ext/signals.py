@@ -1,0 +1,19 @@
+"""Blinker signals, sent with the Flask app as sender.
+
+- ``stream_opened(app, channels=(...), identity=Identity | None)``: a stream passed its checks.
+- ``stream_closed(app, channels=(...), identity=..., reason=str | None)``: a stream ended;
+  ``reason`` is ``"lagged"``, ``"gone"``, ``"shutdown"`` or ``None`` (age, expiry, server).
+- ``event_published(app, channel=str, id=str)``: ``sse.publish`` stored an event.
+"""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+__all__ = ["stream_opened", "stream_closed", "event_published"]
+
+_signals = Namespace()
+
+stream_opened = _signals.signal("sse-stream-opened")
+stream_closed = _signals.signal("sse-stream-closed")
+event_published = _signals.signal("sse-event-published")
