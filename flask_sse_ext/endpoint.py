@@ -135,7 +135,13 @@ def _open(
     state: _State, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
 ) -> Response:
     settings = state.settings
-    cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or None
+    cursor = request.headers.get("Last-Event-ID")
+    if cursor:
+        try:  # browsers send the id as UTF-8; WSGI hands headers over as Latin-1
+            cursor = cursor.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            pass
+    cursor = cursor or request.args.get("last_event_id") or None
     if cursor is not None and (len(cursor) > 1024 or not cursor.isprintable()):
         cursor = "~"  # not an id anyone issued: reported to the client as missed history
     environ = request.environ

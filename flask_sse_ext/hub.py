@@ -92,12 +92,16 @@ class Hub:
         self._clients: Dict[str, Set[Client]] = {}
         self._all: Set[Client] = set()
         self.stats = Stats() if stats is None else stats
+        #: Set by ``shutdown``: streams opened after it end right after their opening chunk.
+        self.closing = False
         broker.start(self.deliver)
         _hubs.add(self)
 
     def attach(self, client: Client) -> None:
         """Start routing ``client``'s channels to it, subscribing the broker to new ones."""
         with self._lock:
+            if self.closing:
+                client.close(SHUTDOWN)
             self._all.add(client)
             for channel in client.channels:
                 clients = self._clients.get(channel)
@@ -129,8 +133,9 @@ class Hub:
                     client.put(message)
 
     def shutdown(self) -> None:
-        """End every open stream (after it sends what it has queued)."""
+        """End every open stream (after it sends what it has queued), and every later one."""
         with self._lock:
+            self.closing = True
             for client in self._all:
                 client.close(SHUTDOWN)
 

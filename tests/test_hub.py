@@ -55,3 +55,12 @@ def test_shutdown_closes_every_stream() -> None:
         hub.attach(client)
     hub.shutdown()
     assert all(c.closed == SHUTDOWN and c.wake.is_set() for c in clients)
+
+
+def test_streams_opened_after_shutdown_end_at_once() -> None:
+    """Regression: a stopping worker answered reconnects with streams that lived on."""
+    hub = Hub(MemoryBroker(10))
+    hub.shutdown()
+    late = Client(("c",), 10)
+    hub.attach(late)
+    assert late.closed == SHUTDOWN

@@ -314,3 +314,13 @@ def test_one_worker_with_memory_broker_is_not_warned_about(server: Server) -> No
     open_stream(server, "channel=x").close()
     assert "several gunicorn workers" not in server.log()
     assert "synchronous" not in server.log()
+
+
+def test_non_ascii_publisher_id_resumes(server: Server, channel: str) -> None:
+    """Regression: browsers send Last-Event-ID as UTF-8, which WSGI decodes as Latin-1."""
+    server.publish(data="a", id="é✓-1", channel=channel)
+    server.publish(data="b", id="é✓-2", channel=channel)
+    utf8_bytes = "é✓-1".encode().decode("latin-1")  # RawStream sends header text as Latin-1
+    raw = RawStream(server.port, f"/stream?channel={channel}", headers={"Last-Event-ID": utf8_bytes})
+    raw.opening()
+    assert [(e.data, e.last_event_id) for e in raw.events(1)] == [("b", "é✓-2")]

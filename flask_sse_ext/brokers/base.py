@@ -49,18 +49,23 @@ class BrokerError(RuntimeError):
 class Message:
     """One published event as it travels from the broker to the streams.
 
-    ``body`` holds the encoded ``event``/``retry``/``data`` lines; ``frame`` adds the ``id``
-    line and is shared by every single-channel stream that sends it.
+    ``frame`` is the complete event, shared by every single-channel stream that sends it;
+    ``body`` (its ``event``/``retry``/``data`` lines, without the ``id`` line) is a slice of it,
+    made only when needed, so history holds each event once.
     """
 
-    __slots__ = ("channel", "position", "id", "body", "frame")
+    __slots__ = ("channel", "position", "id", "frame", "_body_length")
 
     def __init__(self, channel: str, position: Position, id: Optional[str], body: bytes) -> None:
         self.channel = channel
         self.position = position
         self.id = format_position(position) if id is None else id
-        self.body = body
         self.frame = frame(body, self.id)
+        self._body_length = len(body)
+
+    @property
+    def body(self) -> bytes:
+        return self.frame[: self._body_length]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
