@@ -28,6 +28,7 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_CORS_ORIGINS": (),
     "SSE_MAX_CONNECTIONS_PER_CLIENT": None,
     "SSE_MAX_CONNECTIONS_PER_USER": None,
+    "SSE_METRICS_PATH": None,
 }
 
 
@@ -61,6 +62,7 @@ class Settings:
     cors_origins: FrozenSet[str]
     max_connections_per_client: Optional[int]
     max_connections_per_user: Optional[int]
+    metrics_path: Optional[str]
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -135,6 +137,7 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_CORS_ORIGINS", "cors_origins", _origins),
     ("SSE_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", _optional(lambda k, v: _int(k, v, 1))),
+    ("SSE_METRICS_PATH", "metrics_path", _optional(_url_prefix)),
 )
 
 

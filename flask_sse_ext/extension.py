@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from datetime import timedelta
+from functools import partial
 from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Union
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -87,6 +88,11 @@ class _State:
             with self._lock:
                 if self._hub is None:
                     self._hub = Hub(broker, self._stats)
+                    if self.settings.metrics_path is not None:
+                        from .metrics import start_sharing
+
+                        app = current_app._get_current_object()  # type: ignore[attr-defined]
+                        start_sharing(partial(_stats_of, app, self.sse), broker.share_stats)
         return self._hub
 
 
@@ -154,6 +160,10 @@ class SSE:
         settings = load_settings(app.config, self._options)
         app.extensions["sse"] = _State(self, settings)
         app.register_blueprint(_blueprint(), url_prefix=settings.url_prefix)
+        if settings.metrics_path is not None:
+            from .metrics import metrics_view
+
+            app.add_url_rule(settings.metrics_path, "sse_metrics", metrics_view)
 
     def _state(self) -> _State:
         state = current_app.extensions.get("sse")
@@ -237,6 +247,11 @@ class SSE:
             "lagged": counters.lagged,
             "broker_reconnects": state.broker.reconnects,
         }
+
+
+def _stats_of(app: Flask, sse: SSE) -> Dict[str, int]:
+    with app.app_context():
+        return sse.stats()
 
 
 def _blueprint() -> Blueprint:

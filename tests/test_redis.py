@@ -101,6 +101,7 @@ def test_multi_channel_cursor_works_across_servers(
         publisher.close()
 
 
+@pytest.mark.fault
 def test_redis_restart_while_publishing_loses_nothing(
     start_server: Any, own_redis: RedisServer, prefix: str
 ) -> None:

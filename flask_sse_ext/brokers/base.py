@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..event import frame
 from ..limits import Limiter, MemoryLimiter
@@ -136,6 +136,13 @@ class Broker(ABC):
     @abstractmethod
     def subscriptions(self) -> int:
         """How many channels this broker delivers live (for stats and leak checks)."""
+
+    def share_stats(self, process: str, snapshot: str) -> None:
+        """Make ``process``'s counters (JSON) visible to every process; here, nothing to do."""
+
+    def shared_stats(self) -> Dict[str, str]:
+        """The counters other processes shared, by process name."""
+        return {}
 
     def limiter(self) -> Limiter:
         """Connection caps counted where this broker's streams are: here, in this process."""

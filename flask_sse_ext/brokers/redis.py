@@ -205,6 +205,18 @@ class RedisBroker(Broker):
             self._last.setdefault(channel, messages[-1].position if messages else head)
         return Replay(messages, head, bool(reply[1]))
 
+    def share_stats(self, process: str, snapshot: str) -> None:
+        key = f"{self.prefix}:stats"
+        self.client.hset(key, process, snapshot)
+        self.client.expire(key, 3600)
+
+    def shared_stats(self) -> Dict[str, str]:
+        try:
+            raw = self.client.hgetall(f"{self.prefix}:stats")
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerError(f"Redis did not answer: {exc}") from exc
+        return {_text(k): _text(v) for k, v in raw.items()}
+
     def limiter(self) -> Limiter:
         """Connection caps shared by every process that uses this Redis."""
         return RedisLimiter(self.client, self.prefix)
