@@ -1,7 +1,12 @@
-"""A small live app: a page that listens to a channel and a form that publishes to it.
+"""The example app of flask-sse-ext: a live dashboard, per-user notifications, job progress and
+token streaming, each a small use of one feature of the extension.
 
-Run it with ``gunicorn -c gunicorn.conf.py`` (in-process broker, one gevent worker) or set
-``SSE_REDIS_URL`` to use Redis.
+    gunicorn -c gunicorn.conf.py              # http://127.0.0.1:8000, in-process broker
+    SSE_REDIS_URL=redis://127.0.0.1:6379/0 WEB_CONCURRENCY=4 gunicorn -c gunicorn.conf.py
+
+Settings come from the environment: ``SECRET_KEY``, ``SSE_REDIS_URL`` (Redis, so that several
+workers share events), ``SSE_RETRY`` (reconnection delay in ms) and ``METRICS_INTERVAL``
+(seconds between two dashboard samples).
 """
 
 from __future__ import annotations
@@ -9,35 +14,40 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask
 
-from flask_sse_ext import SSE
+from . import demo
+from .extensions import login_manager, sse
+from .views import bp
 
-sse = SSE()
+
+def config_from_env() -> Dict[str, Any]:
+    env = os.environ
+    config: Dict[str, Any] = {"SECRET_KEY": env.get("SECRET_KEY", "dev-only-change-me")}
+    if env.get("SSE_REDIS_URL"):
+        config["SSE_REDIS_URL"] = env["SSE_REDIS_URL"]
+    if env.get("SSE_RETRY"):
+        config["SSE_RETRY"] = int(env["SSE_RETRY"])
+    if env.get("METRICS_INTERVAL"):
+        config["METRICS_INTERVAL"] = float(env["METRICS_INTERVAL"])
+    return config
 
 
 def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
     app = Flask(__name__)
-    app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-change-me")
-    if os.environ.get("SSE_REDIS_URL"):
-        app.config["SSE_REDIS_URL"] = os.environ["SSE_REDIS_URL"]
+    app.config.update(METRICS_INTERVAL=1.0, SESSION_COOKIE_SAMESITE="Lax")
+    app.config.update(config_from_env())
     app.config.update(config or {})
     sse.init_app(app)
+    login_manager.init_app(app)
+    app.register_blueprint(bp)
 
-    @app.get("/")
-    def index() -> str:
-        return render_template("index.html")
-
-    @app.post("/publish")
-    def publish() -> Any:
-        payload = request.get_json(silent=True) or request.form
-        message = str(payload.get("message", ""))
-        channel = str(payload.get("channel", "sse"))
-        try:
-            event_id = sse.publish({"message": message}, event="message", channel=channel)
-        except ValueError as exc:
-            return jsonify(error=str(exc)), 400
-        return jsonify(id=event_id)
+    # The metrics publisher starts with the first request of each process, not at import: a
+    # `flask` CLI command or a test that imports the app starts nothing, and each gunicorn
+    # worker gets its own (the in-process broker reaches only the streams of its process).
+    @app.before_request
+    def start_metrics() -> None:
+        demo.start_metrics(app)
 
     return app
 

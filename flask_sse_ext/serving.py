@@ -14,7 +14,14 @@ import sys
 from typing import Any, Callable, Dict, Optional, Set
 
 
-__all__ = ["gevent_active", "watch_disconnect", "socket_abort", "check_server", "sibling_workers"]
+__all__ = [
+    "gevent_active",
+    "watch_disconnect",
+    "socket_abort",
+    "socket_end_reads",
+    "check_server",
+    "sibling_workers",
+]
 
 logger = logging.getLogger(__name__)
 _warned: Set[str] = set()
@@ -80,6 +87,23 @@ def socket_abort(environ: Dict[str, Any]) -> Optional[Callable[[], None]]:
             pass
 
     return abort
+
+
+def socket_end_reads(environ: Dict[str, Any]) -> Optional[Callable[[], None]]:
+    """A function that stops reading from the connection, so the server closes it once the
+    response is complete: the browser's reconnect then opens a new connection (to a live
+    worker) instead of reusing this one. ``None`` where the server offers no socket."""
+    raw = _raw_socket(environ)
+    if raw is None:
+        return None
+
+    def end_reads() -> None:
+        try:
+            raw.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    return end_reads
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -12,8 +12,8 @@ from flask import Response
 from .brokers.base import Broker, Message, Position, Replay, format_position
 from .cursor import decode_compound, encode_compound
 from .event import comment, encode_body, frame, retry_line
-from .hub import GONE, LAGGED, Client, Hub
-from .serving import socket_abort, watch_disconnect
+from .hub import GONE, LAGGED, SHUTDOWN, Client, Hub
+from .serving import socket_abort, socket_end_reads, watch_disconnect
 
 __all__ = ["MISSED_EVENT", "HEADERS", "open_stream"]
 
@@ -51,6 +51,8 @@ class _Stream:
         self.deadline = None if max_age is None else time.monotonic() + max_age
         self.stop_watch = stop_watch
         self.on_close = on_close
+        #: Set by ``open_stream``: closes the connection after a shutdown ends the stream.
+        self.end_reads: Optional[Callable[[], None]] = None
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -74,6 +76,8 @@ class _Stream:
                 if chunk:
                     return chunk
                 if client.closed is not None:
+                    if client.closed == SHUTDOWN and self.end_reads is not None:
+                        self.end_reads()
                     raise StopIteration
             elif self.deadline is None or time.monotonic() < self.deadline:
                 return _HEARTBEAT
@@ -179,6 +183,7 @@ def open_stream(
 
     stop_watch = watch_disconnect(environ, lambda: client.close(GONE))
     body = _Stream(hub, client, b"".join(chunks), positions, heartbeat, max_age, stop_watch, on_close)
+    body.end_reads = socket_end_reads(environ)
     return Response(body, mimetype="text/event-stream", headers=HEADERS)
 
 

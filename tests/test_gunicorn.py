@@ -79,3 +79,16 @@ def test_reload_hands_clients_over_without_loss(
         ]
     finally:
         publisher.close()
+
+
+def test_a_stream_ended_by_shutdown_closes_its_connection(start_server: Any) -> None:
+    """Regression: the browser reconnected over the same keep-alive connection to the stopping
+    worker, which answered with one more short-lived stream before the reconnect reached a live
+    worker."""
+    server: Server = start_server(args=CONF)
+    stream = RawStream(server.port, "/stream?channel=x")
+    stream.opening()
+    server.proc.send_signal(signal.SIGHUP)
+    assert stream.idle(5) == [] and stream.ended
+    stream.sock.settimeout(3)
+    assert stream.sock.recv(1) == b""  # the server closed the connection after the last chunk
