@@ -111,7 +111,9 @@ def _bearer(request: Request) -> Optional[str]:
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() != "bearer":
+        return None  # another scheme (Basic auth in front of a staging site) is not ours
+    if not token.strip():
         raise AuthError("the Authorization header must be 'Bearer <token>'")
     return token.strip()
 

@@ -25,6 +25,7 @@ def cors_headers(origin: Optional[str], allowed: FrozenSet[str]) -> Dict[str, st
     if origin is not None and origin in allowed:
         headers["Access-Control-Allow-Origin"] = origin
         headers["Access-Control-Allow-Credentials"] = "true"
+        headers["Access-Control-Expose-Headers"] = "Retry-After"
     return headers
 
 

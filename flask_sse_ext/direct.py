@@ -105,8 +105,8 @@ class _DirectStream:
             if close is not None:
                 close()
             try:
-                self.queue.put_nowait(_DONE)
-            except queue.Full:
+                self._put(_DONE)  # waits for room: a full queue must not lose the end
+            except _Gone:
                 pass
 
     def __iter__(self) -> "_DirectStream":

@@ -18,10 +18,9 @@ from .brokers.base import BrokerError
 from .brokers.memory import MemoryBroker
 from .config import validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
-from .event import comment, retry_line
 from .serving import check_server, warn_memory_broker
 from .signals import stream_closed, stream_opened
-from .stream import HEADERS, open_stream
+from .stream import HEADERS, open_stream, unavailable
 
 if TYPE_CHECKING:
     from .extension import _State
@@ -110,25 +109,38 @@ def stream_view() -> Response:
     cors = cors_headers(origin, settings.cors_origins)
     if request.method == "OPTIONS":
         return Response(status=204, headers=preflight_headers(origin or "", settings.cors_origins))
-    handle = None
     try:
         channels = _channels(state)
         identity = _identity(state)
         _authorize(state, identity, channels)
-        caps = _caps(state, identity)
-        if caps:
-            handle = state.limiter.acquire(caps)
-            if handle is None:
-                raise _Refused(429, "Too many open streams; close one first", {"Retry-After": "5"})
-        response = _open(state, identity, channels, handle)
+        handle = _acquire(state, identity)
     except _Refused as exc:
         return _refusal(exc, cors)
+    except BrokerError as exc:
+        return _unavailable(state, exc)
+    try:
+        response = _open(state, identity, channels, handle)
     except BaseException:
         if handle is not None:
             state.limiter.release(handle)
         raise
     response.headers.update(cors)
     return response
+
+
+def _acquire(state: _State, identity: Optional[Identity]) -> object:
+    caps = _caps(state, identity)
+    if not caps:
+        return None
+    handle = state.limiter.acquire(caps)
+    if handle is None:
+        raise _Refused(429, "Too many open streams; close one first", {"Retry-After": "5"})
+    return handle
+
+
+def _unavailable(state: _State, exc: BrokerError) -> Response:
+    logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
+    return Response([unavailable(state.settings.retry)], mimetype="text/event-stream", headers=HEADERS)
 
 
 def _open(
@@ -159,30 +171,19 @@ def _open(
             state.limiter.release(handle)
         stream_closed.send(app, channels=channels, identity=identity, reason=reason)
 
-    try:
-        response = open_stream(
-            state.hub,
-            state.broker,
-            channels,
-            cursor,
-            retry=settings.retry,
-            heartbeat=settings.heartbeat_interval,
-            max_age=max_age,
-            queue_size=settings.client_queue_size,
-            environ=environ,
-            allowed=lambda channel: allowed(state, identity, channel),
-            on_close=on_close,
-        )
-    except BrokerError as exc:
-        if handle is not None:
-            state.limiter.release(handle)
-        # A non-200 answer would make EventSource give up for good: answer with the retry
-        # hint and end, so the browser tries again once the broker is back.
-        logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
-        return Response(
-            [retry_line(settings.retry), comment("broker unavailable, retry later")],
-            mimetype="text/event-stream",
-            headers=HEADERS,
-        )
+    # From here on the stream's body owns the connection slot: it releases it when it ends.
+    response = open_stream(
+        state.hub,
+        state.broker,
+        channels,
+        cursor,
+        retry=settings.retry,
+        heartbeat=settings.heartbeat_interval,
+        max_age=max_age,
+        queue_size=settings.client_queue_size,
+        environ=environ,
+        allowed=lambda channel: allowed(state, identity, channel),
+        on_close=on_close,
+    )
     stream_opened.send(app, channels=channels, identity=identity)
     return response

@@ -23,6 +23,7 @@ _hubs: "weakref.WeakSet[Hub]" = weakref.WeakSet()
 LAGGED = "lagged"
 GONE = "gone"
 SHUTDOWN = "shutdown"
+RESYNC = "resync"
 
 
 class Stats:
@@ -58,7 +59,8 @@ class Client:
         # Looked up at call time: under gevent's monkey patching this is gevent's Event.
         self.wake = threading.Event()
         self.maxsize = maxsize
-        #: ``None`` while open, else why it must end (``lagged``, ``gone``, ``shutdown``).
+        #: ``None`` while open, else why it must end (``lagged``, ``gone``, ``shutdown``,
+        #: ``resync``).
         self.closed: Optional[str] = None
         #: Called when the client lags, to unblock a write stuck on a reader that stopped.
         self.abort = abort
@@ -94,7 +96,7 @@ class Hub:
         self.stats = Stats() if stats is None else stats
         #: Set by ``shutdown``: streams opened after it end right after their opening chunk.
         self.closing = False
-        broker.start(self.deliver)
+        broker.start(self.deliver, self.resync)
         _hubs.add(self)
 
     def attach(self, client: Client) -> None:
@@ -131,6 +133,13 @@ class Hub:
             if clients:
                 for client in clients:
                     client.put(message)
+
+    def resync(self, channel: str) -> None:
+        """End the streams of ``channel``: the broker lost track of it (events may be missing),
+        so each client reconnects and replays from its own ``Last-Event-ID``."""
+        with self._lock:
+            for client in self._clients.get(channel, ()):
+                client.close(RESYNC)
 
     def shutdown(self) -> None:
         """End every open stream (after it sends what it has queued), and every later one."""

@@ -1,23 +1,15 @@
 """Connection caps per client address and per identity, checked before a stream opens.
 
-The in-process limiter counts this process's streams. With Redis, counts are shared by every
-worker and host: each open stream holds a lease in a sorted set that its process renews, so the
-streams of a worker that dies stop counting once their lease runs out.
+The in-process limiter counts this process's streams; the Redis broker brings a limiter whose
+counts every worker and host share (``brokers/redis.py``).
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import os
-import socket
 import threading
-import time
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
-__all__ = ["Limiter", "MemoryLimiter", "RedisLimiter"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["Limiter", "MemoryLimiter", "Caps"]
 
 #: (key, limit) pairs: ``("addr:10.0.0.7", 20)``.
 Caps = Sequence[Tuple[str, int]]
@@ -56,68 +48,3 @@ class MemoryLimiter(Limiter):
                     self._counts[key] = count
                 else:
                     self._counts.pop(key, None)
-
-
-# KEYS[1]: the cap's sorted set. ARGV: now, lease expiry, member, limit. Returns 1 if admitted.
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1)
-return 1
-"""
-
-
-class RedisLimiter(Limiter):
-    """Caps shared through Redis; ``lease`` seconds after its process last renewed it, a stream
-    no longer counts."""
-
-    def __init__(self, client: Any, prefix: str, lease: float = 60.0) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.lease = lease
-        self._acquire = client.register_script(_ACQUIRE)
-        self._ids = itertools.count()
-        self._me = f"{socket.gethostname()}:{os.getpid()}"
-        self._held: Set[Tuple[Tuple[str, ...], str]] = set()
-        self._renewer: Optional[threading.Thread] = None
-
-    def acquire(self, caps: Caps) -> Optional[object]:
-        member = f"{self._me}:{next(self._ids)}"
-        taken: List[str] = []
-        now = time.time()
-        for key, limit in caps:
-            redis_key = f"{self.prefix}:n:{{{key}}}"
-            if not self._acquire(keys=[redis_key], args=[now, now + self.lease, member, limit]):
-                self.release((tuple(taken), member))
-                return None
-            taken.append(redis_key)
-        handle = (tuple(taken), member)
-        self._held.add(handle)
-        if self._renewer is None or not self._renewer.is_alive():
-            self._renewer = threading.Thread(target=self._renew, name="sse-limit-renewer", daemon=True)
-            self._renewer.start()
-        return handle
-
-    def release(self, handle: object) -> None:
-        assert isinstance(handle, tuple)
-        self._held.discard(handle)
-        keys, member = handle
-        try:
-            for key in keys:
-                self.client.zrem(key, member)
-        except Exception as exc:  # the lease runs out by itself
-            logger.warning("Could not release a connection slot in Redis: %r", exc)
-
-    def _renew(self) -> None:
-        while self._held:
-            time.sleep(self.lease / 3)
-            expiry = time.time() + self.lease
-            try:
-                pipe = self.client.pipeline(transaction=False)
-                for keys, member in list(self._held):
-                    for key in keys:
-                        pipe.zadd(key, {member: expiry}, xx=True)
-                pipe.execute()
-            except Exception as exc:
-                logger.warning("Could not renew connection slots in Redis: %r", exc)

@@ -58,15 +58,19 @@ def start_sharing(stats: Callable[[], Dict[str, int]], share: Callable[[str, str
 
 
 def _totals(state: _State) -> Dict[str, float]:
-    own = dict(state.sse.stats())
-    totals: Dict[str, float] = {key: float(value) for key, value in own.items()}
+    """Gauges summed over live processes; counters over every process seen in the last day,
+    live or not, so that a worker that exits does not make a counter go back."""
+    totals: Dict[str, float] = {key: float(value) for key, value in state.sse.stats().items()}
     processes = 1
+    now = time.time()
     for name, raw in state.broker.shared_stats().items():
         snapshot = json.loads(raw)
-        if name == _me() or snapshot.get("at", 0) < time.time() - 3 * SHARE_INTERVAL:
+        at = snapshot.get("at", 0)
+        if name == _me() or at < now - 86400:
             continue
-        processes += 1
-        for key in totals:
+        live = at >= now - 3 * SHARE_INTERVAL
+        processes += live
+        for key in _COUNTERS if not live else totals:
             totals[key] += float(snapshot.get(key, 0))
     totals["processes"] = processes
     return totals

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .brokers.base import Broker
+from .brokers.base import Broker, parse_position
 from .config import DEFAULTS, validate_channel
 from .event import encode_body, validate_field
 
@@ -33,6 +33,11 @@ def prepare_event(
         validate_field("id", id)
         if not id or len(id) > MAX_ID_LENGTH:
             raise ValueError(f"SSE 'id' must be 1 to {MAX_ID_LENGTH} characters, got {id!r}")
+        if parse_position(id) is not None:
+            raise ValueError(
+                f"SSE 'id' {id!r} has the form of a generated id (<digits>-<digits>), which is "
+                "reserved; add a letter, e.g. 'order-17'"
+            )
     body = encode_body(data, event, retry)
     if len(body) > max_event_bytes:
         raise ValueError(

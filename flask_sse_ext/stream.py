@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import heapq
-import json
+import logging
 import time
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from flask import Response
 
-from .brokers.base import Broker, Message, Position, Replay, format_position
+from .brokers.base import Broker, BrokerError, Message, Position, format_position
 from .cursor import decode_compound, encode_compound
 from .event import comment, encode_body, frame, retry_line
-from .hub import GONE, LAGGED, SHUTDOWN, Client, Hub
+from .hub import GONE, LAGGED, RESYNC, SHUTDOWN, Client, Hub
 from .serving import socket_abort, socket_end_reads, watch_disconnect
 
-__all__ = ["MISSED_EVENT", "HEADERS", "open_stream"]
+__all__ = ["MISSED_EVENT", "HEADERS", "open_stream", "unavailable"]
 
 #: Sent when history after the client's ``Last-Event-ID`` is no longer known.
 MISSED_EVENT = "sse.missed"
@@ -27,43 +28,63 @@ HEADERS = {
 
 _HEARTBEAT = comment()
 
+logger = logging.getLogger(__name__)
+
 
 class _Stream:
-    """The response body: an iterator of chunks, each everything that was waiting."""
+    """The response body. Its first chunk subscribes, replays and carries the ``retry:`` hint;
+    every later one is everything that was waiting, or a heartbeat. It owns all it holds:
+    ``close`` (or, if the server drops the response unread, garbage collection) releases it.
+    """
 
     def __init__(
         self,
         hub: Hub,
-        client: Client,
-        opening: bytes,
-        positions: Dict[str, Position],
+        broker: Broker,
+        channels: Tuple[str, ...],
+        cursor: Optional[str],
+        *,
+        retry: int,
         heartbeat: float,
         max_age: Optional[float],
-        stop_watch: Optional[Callable[[], None]],
-        on_close: Optional[Callable[[Optional[str]], None]] = None,
+        queue_size: int,
+        environ: Dict[str, Any],
+        allowed: Callable[[str], bool],
+        on_close: Optional[Callable[[Optional[str]], None]],
     ) -> None:
         self.hub = hub
-        self.client = client
-        self.opening: Optional[bytes] = opening
-        self.positions = positions
-        self.single = len(positions) == 1
+        self.broker = broker
+        self.channels = channels
+        self.cursor = cursor
+        self.retry = retry
         self.heartbeat = heartbeat
-        self.deadline = None if max_age is None else time.monotonic() + max_age
-        self.stop_watch = stop_watch
-        self.on_close = on_close
-        #: Set by ``open_stream``: closes the connection after a shutdown ends the stream.
-        self.end_reads: Optional[Callable[[], None]] = None
+        self.max_age = max_age
+        self.environ = environ
+        self.allowed = allowed
+        self.client = Client(channels, queue_size, socket_abort(environ), hub.stats)
+        self.positions: Dict[str, Position] = {}
+        self.single = len(channels) == 1
+        self.deadline: Optional[float] = None
+        self.opened = False
+        self.finished = False
+        self.stop_watch: Optional[Callable[[], None]] = None
+        self.end_reads = socket_end_reads(environ)
+        self._finalizer = weakref.finalize(self, _release, hub, self.client, on_close)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        if self.opening is not None:
-            chunk, self.opening = self.opening, None
-            return chunk
+        if not self.opened:
+            self.opened = True
+            return self._open()
         client = self.client
         while True:
-            if client.closed in (LAGGED, GONE):
+            if self.finished or client.closed in (LAGGED, GONE, RESYNC):
+                raise StopIteration
+            if client.closed == SHUTDOWN and not client.queue:
+                if self.end_reads is not None:
+                    self.end_reads()
                 raise StopIteration
             timeout = self.heartbeat
             if self.deadline is not None:
@@ -75,12 +96,50 @@ class _Stream:
                 chunk = self._drain()
                 if chunk:
                     return chunk
-                if client.closed is not None:
-                    if client.closed == SHUTDOWN and self.end_reads is not None:
-                        self.end_reads()
-                    raise StopIteration
             elif self.deadline is None or time.monotonic() < self.deadline:
                 return _HEARTBEAT
+
+    def _open(self) -> bytes:
+        """Subscribe first, then read history (or, with no cursor, each channel's newest
+        position), so nothing published meanwhile falls between the two; ``_drain`` drops live
+        events that the replay already covers."""
+        channels, client = self.channels, self.client
+        after = _cursor_for(channels, self.cursor)
+        self.hub.attach(client)
+        try:
+            self.broker.ready(channels)
+            replays = [self.broker.replay(c, a) for c, a in zip(channels, after)]
+        except BrokerError as exc:
+            logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
+            self.finished = True
+            return unavailable(self.retry)
+        replays = [r if not r.messages or self.allowed(c) else r._replace(messages=[])
+                   for c, r in zip(channels, replays)]  # fmt: skip
+        positions = self.positions
+        multi = not self.single
+        missed = []
+        for channel, replay, position in zip(channels, replays, after):
+            if replay.missed:
+                missed.append(channel)
+            # A multi-channel replay's ids advance from the client's cursor, channel by channel.
+            replaying = multi and not replay.missed and isinstance(position, tuple)
+            positions[channel] = position if replaying else replay.head
+        chunks = [retry_line(self.retry)]
+        if missed:
+            chunks.append(_missed_event(missed, _current_id(positions)))
+        for message in heapq.merge(*(r.messages for r in replays), key=lambda m: m.position):
+            if multi:
+                positions[message.channel] = message.position
+                chunks.append(frame(message.body, _current_id(positions)))
+            else:
+                chunks.append(message.frame)
+        for channel, replay in zip(channels, replays):
+            positions[channel] = replay.head
+            self.hub.stats.replayed += len(replay.messages)
+        self.stop_watch = watch_disconnect(self.environ, lambda: client.close(GONE))
+        if self.max_age is not None:
+            self.deadline = time.monotonic() + self.max_age
+        return b"".join(chunks)
 
     def _drain(self) -> bytes:
         queue = self.client.queue
@@ -102,10 +161,20 @@ class _Stream:
         if self.stop_watch is not None:
             self.stop_watch()
             self.stop_watch = None
-        self.hub.detach(self.client)
-        if self.on_close is not None:
-            self.on_close(self.client.closed)
-            self.on_close = None
+        self._finalizer()
+
+
+def _release(hub: Hub, client: Client, on_close: Optional[Callable[[Optional[str]], None]]) -> None:
+    hub.detach(client)
+    if on_close is not None:
+        on_close(client.closed)
+
+
+def unavailable(retry: int) -> bytes:
+    """A whole response body for when the broker is down. A non-200 answer would make
+    EventSource give up for good; this one ends at once, and the browser tries again after
+    ``retry`` milliseconds."""
+    return retry_line(retry) + comment("broker unavailable, retry later")
 
 
 def _missed_event(channels: Sequence[str], cursor_id: str) -> bytes:
@@ -139,51 +208,16 @@ def open_stream(
     allowed: Callable[[str], bool] = lambda channel: True,
     on_close: Optional[Callable[[Optional[str]], None]] = None,
 ) -> Response:
-    """Subscribe, replay after ``cursor``, and return the response that streams the rest.
+    """The streaming response for ``channels`` (sorted, unique), resuming after ``cursor``.
 
-    ``channels`` are sorted and unique. The client subscribes first and then reads history (or,
-    with no cursor, each channel's newest position), so nothing published meanwhile falls
-    between the two; the stream drops live events that the replay already covers.
-    ``allowed`` is asked again before a channel's history is replayed; ``on_close`` runs when
-    the stream ends, with the reason it was cut (or ``None``). Raises ``BrokerError`` when the broker cannot subscribe or read history.
+    Nothing is subscribed until the server starts sending the body. ``allowed`` is asked again
+    before a channel's history is replayed; ``on_close`` runs once when the stream ends (or is
+    dropped unsent), with the reason it was cut, or ``None``.
     """
-    after = _cursor_for(channels, cursor)
-    client = Client(channels, queue_size, socket_abort(environ), hub.stats)
-    hub.attach(client)
-    try:
-        broker.ready(channels)
-        replays = [broker.replay(c, a) for c, a in zip(channels, after)]
-        replays = [r if not r.messages or allowed(c) else r._replace(messages=[])
-                   for c, r in zip(channels, replays)]  # fmt: skip
-    except BaseException:
-        hub.detach(client)
-        raise
-
-    multi = len(channels) > 1
-    positions: Dict[str, Position] = {}
-    missed = []
-    for channel, replay, position in zip(channels, replays, after):
-        if replay.missed:
-            missed.append(channel)
-        # A multi-channel replay's ids advance from the client's cursor, channel by channel.
-        replaying = multi and not replay.missed and isinstance(position, tuple)
-        positions[channel] = position if replaying else replay.head
-    chunks = [retry_line(retry)]
-    if missed:
-        chunks.append(_missed_event(missed, _current_id(positions)))
-    for message in heapq.merge(*(r.messages for r in replays), key=lambda m: m.position):
-        if multi:
-            positions[message.channel] = message.position
-            chunks.append(frame(message.body, _current_id(positions)))
-        else:
-            chunks.append(message.frame)
-    for channel, replay in zip(channels, replays):
-        positions[channel] = replay.head
-        hub.stats.replayed += len(replay.messages)
-
-    stop_watch = watch_disconnect(environ, lambda: client.close(GONE))
-    body = _Stream(hub, client, b"".join(chunks), positions, heartbeat, max_age, stop_watch, on_close)
-    body.end_reads = socket_end_reads(environ)
+    body = _Stream(
+        hub, broker, channels, cursor, retry=retry, heartbeat=heartbeat, max_age=max_age,
+        queue_size=queue_size, environ=environ, allowed=allowed, on_close=on_close,
+    )  # fmt: skip
     return Response(body, mimetype="text/event-stream", headers=HEADERS)
 
 

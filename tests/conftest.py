@@ -58,6 +58,16 @@ class Server:
         assert status == 200, body
         return body  # type: ignore[return-value]
 
+    def worker_pids(self, at_least: int = 0) -> List[int]:
+        """The master's worker processes (waiting, up to 10 s, until there are ``at_least``)."""
+        deadline = time.monotonic() + 10
+        while True:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as children:
+                pids = [int(pid) for pid in children.read().split()]
+            if len(pids) >= at_least or time.monotonic() > deadline:
+                return pids
+            time.sleep(0.05)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

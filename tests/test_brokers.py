@@ -120,7 +120,7 @@ def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untype
 def test_live_delivery_only_for_subscribed_channels(make_broker) -> None:  # type: ignore[no-untyped-def]
     broker = make_broker()
     got: List[Message] = []
-    broker.start(got.append)
+    broker.start(got.append, lambda channel: None)
     broker.subscribe("on")
     broker.ready(["on"])
     assert broker.subscriptions == 1
@@ -141,7 +141,7 @@ def test_live_delivery_only_for_subscribed_channels(make_broker) -> None:  # typ
 def test_zero_history_keeps_nothing_but_delivers(make_broker) -> None:  # type: ignore[no-untyped-def]
     broker = make_broker(history_size=0)
     got: List[Message] = []
-    broker.start(got.append)
+    broker.start(got.append, lambda channel: None)
     broker.subscribe("c")
     broker.ready(["c"])
     messages = publish(broker, 2)

@@ -64,17 +64,6 @@ class ResumingClient(threading.Thread):
             time.sleep(0.05)
 
 
-def _worker_pids(server: Server, at_least: int = 0) -> List[int]:
-    """The master's worker processes (waiting, up to 10 s, until there are ``at_least``)."""
-    deadline = time.monotonic() + 10
-    while True:
-        with open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children") as children:
-            pids = [int(pid) for pid in children.read().split()]
-        if len(pids) >= at_least or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.05)
-
-
 def _run_with_fault(server: Server, redis_url: str, prefix: str, fault: Any, count: int = 150) -> List[ResumingClient]:
     clients = [ResumingClient(server.port, "flow") for _ in range(20)]
     for client in clients:
@@ -108,7 +97,7 @@ def test_worker_sigkilled_while_events_flow(start_server: Any, redis_server: Any
         config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix, "SSE_RETRY": 100},
         workers=2,
     )  # fmt: skip
-    victim = _worker_pids(server, 2)[0]
+    victim = server.worker_pids(2)[0]
     clients = _run_with_fault(server, redis_server.url, prefix, lambda: os.kill(victim, signal.SIGKILL))
     reconnected = sum(1 for c in clients if c.reconnects > 0)
     print(f"SIGKILL: 20 clients x 150 events, all exactly once in order; {reconnected} clients reconnected")
@@ -120,7 +109,7 @@ def test_rolling_restart_while_events_flow(start_server: Any, redis_server: Any,
         config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix, "SSE_RETRY": 100},
         workers=2, args=["-c", "gunicorn.conf.py"],
     )  # fmt: skip
-    old = set(_worker_pids(server, 2))
+    old = set(server.worker_pids(2))
     restart = {}
 
     def hup() -> None:
@@ -128,7 +117,7 @@ def test_rolling_restart_while_events_flow(start_server: Any, redis_server: Any,
         server.proc.send_signal(signal.SIGHUP)
 
         def watch() -> None:
-            while set(_worker_pids(server)) & old:
+            while set(server.worker_pids()) & old:
                 time.sleep(0.05)
             restart["done"] = time.monotonic()
 
@@ -154,7 +143,7 @@ def _rss_kb(pid: int) -> int:
 
 def test_client_that_stops_reading_is_cut_and_memory_stays_bounded(start_server: Any) -> None:
     server: Server = start_server(config={"SSE_CLIENT_QUEUE_SIZE": 50})
-    worker = _worker_pids(server, 1)[0]
+    worker = server.worker_pids(1)[0]
     stalled = RawStream(server.port, "/stream?channel=stall", rcvbuf=4096)
     stalled.opening()
     reader = RawStream(server.port, "/stream?channel=stall")

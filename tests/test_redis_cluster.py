@@ -50,7 +50,7 @@ def test_live_delivery_uses_sharded_pubsub(redis_cluster: RedisCluster, prefix: 
     client = redis.RedisCluster.from_url(redis_cluster.url)
     got: List[Message] = []
     try:
-        broker.start(got.append)
+        broker.start(got.append, lambda channel: None)
         for channel in CHANNELS:
             broker.subscribe(channel)
         broker.ready(CHANNELS, timeout=10)

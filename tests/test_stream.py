@@ -303,6 +303,7 @@ def test_sync_worker_is_warned_about(start_server: object) -> None:
 
 def test_memory_broker_with_several_workers_is_warned_about(start_server: object) -> None:
     server: Server = start_server(workers=2)  # type: ignore[operator]
+    server.worker_pids(2)  # the warning is about workers that exist
     for _ in range(4):  # whichever worker answers warns
         stream = open_stream(server, "channel=x")
         stream.close()

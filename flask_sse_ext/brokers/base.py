@@ -104,8 +104,9 @@ class Broker(ABC):
     reconnects = 0
 
     @abstractmethod
-    def start(self, deliver: Callable[[Message], None]) -> None:
-        """Begin delivering live messages of subscribed channels to ``deliver``."""
+    def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
+        """Begin delivering live messages of subscribed channels to ``deliver``; call ``lost``
+        with a channel whose live events may have gone missing (its streams must resync)."""
 
     @abstractmethod
     def subscribe(self, channel: str) -> None:

@@ -40,8 +40,8 @@ class MemoryBroker(Broker):
         self._floor: Position = (int(time.time() * 1000), 0)
         self._last = self._floor
 
-    def start(self, deliver: Callable[[Message], None]) -> None:
-        self._deliver = deliver
+    def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
+        self._deliver = deliver  # nothing is ever lost in one process
 
     def subscribe(self, channel: str) -> None:
         self._subscribed.add(channel)
@@ -94,8 +94,10 @@ class MemoryBroker(Broker):
             if cursor is None:
                 return Replay([], head, False)
             if isinstance(cursor, str):
-                known = history.by_id.get(cursor) if history is not None else None
-                position = known.position if known is not None else parse_position(cursor)
+                position = parse_position(cursor)
+                if position is None and history is not None:
+                    known = history.by_id.get(cursor)
+                    position = None if known is None else known.position
                 if position is None:
                     return Replay([], head, True)
             else:

@@ -10,21 +10,23 @@ channel's history from the last position it delivered, so nothing Redis accepted
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ..limits import Limiter, RedisLimiter
+from ..limits import Caps, Limiter
 from .base import Broker, BrokerError, Cursor, Message, Position, Replay, format_position, parse_position
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "RedisLimiter"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +70,19 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 if ARGV[1] == '' then return {head, 0} end
 local after = nil
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-')
-for _, entry in ipairs(newest) do
-  if entry[2][2] == ARGV[1] then after = entry[1] break end
-end
-if after == nil then
-  if pos(ARGV[1]) == nil then return {head, 1} end
+if pos(ARGV[1]) ~= nil then
   after = ARGV[1]
+else
+  -- A publisher's id: look for it from the newest entry back, a page at a time.
+  local upper = '+'
+  while after == nil do
+    local page = redis.call('XREVRANGE', KEYS[1], upper, '-', 'COUNT', 100)
+    if #page == 0 then return {head, 1} end
+    for _, entry in ipairs(page) do
+      if entry[2][2] == ARGV[1] then after = entry[1] break end
+    end
+    upper = '(' .. page[#page][1]
+  end
 end
 local p = pos(after)
 if less(pos(head), p) or (added > length and less(p, pos(floor))) then return {head, 1} end
@@ -122,6 +130,7 @@ class RedisBroker(Broker):
         self._publish = client.register_script(_PUBLISH)
         self._replay = client.register_script(_REPLAY)
         self._deliver: Optional[Callable[[Message], None]] = None
+        self._lost: Optional[Callable[[str], None]] = None
         self._channels: Set[str] = set()
         self._confirmed: Dict[str, Any] = {}
         self._last: Dict[str, Position] = {}
@@ -223,8 +232,9 @@ class RedisBroker(Broker):
 
     # -- live delivery ---------------------------------------------------------------------
 
-    def start(self, deliver: Callable[[Message], None]) -> None:
+    def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
         self._deliver = deliver
+        self._lost = lost
         self._listener = threading.Thread(target=self._listen, name="sse-redis-listener", daemon=True)
         self._listener.start()
 
@@ -352,9 +362,18 @@ class RedisBroker(Broker):
             if last is None:
                 continue
             try:
-                caught.extend(self.replay(channel, last).messages)
+                replay = self.replay(channel, last)
             except BrokerError as exc:
+                replay = None
                 logger.warning("Could not catch up channel %r: %s", channel, exc)
+            if replay is None or replay.missed:
+                # History no longer reaches back to what this process delivered last: its
+                # streams reconnect and replay (or hear of the gap) from their own cursors.
+                assert self._lost is not None
+                self._lost(channel)
+                self._last.pop(channel, None)
+                continue
+            caught.extend(replay.messages)
         held = self._held or []
         self._held = None
         for message in caught + held:
@@ -368,3 +387,72 @@ class RedisBroker(Broker):
         self.client.close()
         if self.pubsub_client is not self.client:
             self.pubsub_client.close()
+
+
+# KEYS[1]: the cap's sorted set. ARGV: now, lease expiry, member, limit. Returns 1 if admitted.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1)
+return 1
+"""
+
+
+class RedisLimiter(Limiter):
+    """Caps shared through Redis; ``lease`` seconds after its process last renewed it, a stream
+    no longer counts."""
+
+    def __init__(self, client: Any, prefix: str, lease: float = 60.0) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.lease = lease
+        self._acquire = client.register_script(_ACQUIRE)
+        self._ids = itertools.count()
+        self._me = f"{socket.gethostname()}:{os.getpid()}"
+        self._held: Set[Tuple[Tuple[str, ...], str]] = set()
+        self._renewer: Optional[threading.Thread] = None
+
+    def acquire(self, caps: Caps) -> Optional[object]:
+        member = f"{self._me}:{next(self._ids)}"
+        taken: List[str] = []
+        now = time.time()
+        try:
+            for key, limit in caps:
+                redis_key = f"{self.prefix}:n:{{{key}}}"
+                if not self._acquire(keys=[redis_key], args=[now, now + self.lease, member, limit]):
+                    self.release((tuple(taken), member))
+                    return None
+                taken.append(redis_key)
+        except (RedisError, OSError) as exc:
+            self.release((tuple(taken), member))
+            raise BrokerError(f"Redis did not answer the connection cap check: {exc}") from exc
+        handle = (tuple(taken), member)
+        self._held.add(handle)
+        if self._renewer is None or not self._renewer.is_alive():
+            self._renewer = threading.Thread(target=self._renew, name="sse-limit-renewer", daemon=True)
+            self._renewer.start()
+        return handle
+
+    def release(self, handle: object) -> None:
+        assert isinstance(handle, tuple)
+        self._held.discard(handle)
+        keys, member = handle
+        try:
+            for key in keys:
+                self.client.zrem(key, member)
+        except Exception as exc:  # the lease runs out by itself
+            logger.warning("Could not release a connection slot in Redis: %r", exc)
+
+    def _renew(self) -> None:
+        while self._held:
+            time.sleep(self.lease / 3)
+            expiry = time.time() + self.lease
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for keys, member in list(self._held):
+                    for key in keys:
+                        pipe.zadd(key, {member: expiry}, xx=True)
+                pipe.execute()
+            except Exception as exc:
+                logger.warning("Could not renew connection slots in Redis: %r", exc)

@@ -14,7 +14,8 @@
  * After a network error, a 5xx or a stream that ends, it waits `min(maxRetry, base * 2 ** n)`
  * ms times a random factor in [0.5, 1), then asks again with `Last-Event-ID`. `base` is the
  * `retry` option until the server sends `retry:`; n counts attempts since the last successful
- * open. It stops for good (readyState CLOSED, `closed` resolves) on a 204, on any 4xx, on a 2xx
+ * open; after a 429 it waits at least `Retry-After`. It stops for good (readyState CLOSED,
+ * `closed` resolves) on a 204, on any other 4xx, on a 2xx
  * that is not `text/event-stream`, after the event `sse.end` or `sse.error` (the last event of
  * a direct stream), on `close()`, and when `signal` aborts. `body` is sent on every attempt.
  * `createParser` is the parser: WHATWG HTML 9.2, "Interpreting an event stream".
@@ -146,6 +147,11 @@ export function connect(url, options = {}) {
     });
     const { status } = response;
     if (status === 204) return stop();
+    if (status === 429) {
+      response.body?.cancel().catch(() => {});
+      const seconds = Number(response.headers.get("Retry-After"));
+      return { message: "HTTP 429", status, wait: seconds > 0 ? seconds * 1000 : 0 };
+    }
     if (status >= 400 && status < 500) return stop(`HTTP ${status}`, status);
     if (!response.ok) {
       response.body?.cancel().catch(() => {});
@@ -185,7 +191,7 @@ export function connect(url, options = {}) {
       }
       if (conn.readyState === CLOSED) return;
       const ceiling = Math.min(maxRetry, base * 2 ** attempts++);
-      const delay = Math.round(ceiling * (0.5 + Math.random() / 2));
+      const delay = Math.max(failure.wait || 0, Math.round(ceiling * (0.5 + Math.random() / 2)));
       conn.readyState = CONNECTING;
       report(failure.message, failure.status, delay);
       if (conn.readyState === CLOSED) return;
