@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -69,7 +70,7 @@ class _Stream:
         self.finished = False
         self.stop_watch: Optional[Callable[[], None]] = None
         self.end_reads = socket_end_reads(environ)
-        self._finalizer = weakref.finalize(self, _release, hub, self.client, on_close)
+        self._finalizer = weakref.finalize(self, _release_later, hub, self.client, on_close)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -161,7 +162,15 @@ class _Stream:
         if self.stop_watch is not None:
             self.stop_watch()
             self.stop_watch = None
-        self._finalizer()
+        owned = self._finalizer.detach()
+        if owned is not None:
+            _release(*owned[2])
+
+
+def _release_later(*owned: Any) -> None:
+    """A response dropped unsent was collected: release what it held, from a fresh thread (a
+    greenlet under gevent), since collection may run while this one holds the hub's lock."""
+    threading.Thread(target=_release, args=owned, name="sse-release", daemon=True).start()
 
 
 def _release(hub: Hub, client: Client, on_close: Optional[Callable[[Optional[str]], None]]) -> None:

@@ -148,3 +148,28 @@ def test_zero_history_keeps_nothing_but_delivers(make_broker) -> None:  # type: 
     wait_for(lambda: len(got) == 2)
     assert _same(got, messages)
     assert broker.replay("c", messages[0].id).missed
+
+
+def test_redis_catch_up_that_cannot_reach_back_resyncs(redis_server, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Regression: after a reconnect, a gap larger than the history was skipped silently."""
+    broker = RedisBroker.from_url(redis_server.url, prefix=prefix, history_size=2)
+    other = RedisBroker.from_url(redis_server.url, prefix=prefix, history_size=2)
+    got: List[Message] = []
+    lost: List[str] = []
+    try:
+        broker.start(got.append, lost.append)
+        broker.subscribe("c")
+        broker.ready(["c"])
+        broker.replay("c", None)  # a stream reads the head: where catch-up would start
+        first = other.publish("c", b"data: 0\n")
+        wait_for(lambda: len(got) == 1)
+        admin = redis_server.client()
+        admin.client_kill_filter(_type="pubsub")
+        for i in range(5):
+            other.publish("c", b"data: %d\n" % (i + 1))
+        wait_for(lambda: lost == ["c"])
+        assert got == [first]  # nothing from the gap was delivered out of order
+        admin.close()
+    finally:
+        broker.close()
+        other.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
 
 import pytest
 from flask import Flask, url_for
@@ -240,3 +242,49 @@ def test_stream_works_in_flask_test_client_threaded_mode(app: Flask, sse: SSE) -
     reader.join(5)
     response.close()
     assert got == [b"data: wake\nid: " + event_id.encode() + b"\n\n"]
+
+
+def test_dropped_response_releases_its_stream_and_slot(app: Flask) -> None:
+    """Regression: an after_request hook that raised left a subscribed stream and a used
+    connection slot behind for good."""
+    app.config["SSE_MAX_CONNECTIONS_PER_CLIENT"] = 1
+    sse = SSE(app)
+    fail = [True]
+
+    @app.after_request
+    def explode(response):  # type: ignore[no-untyped-def]
+        if fail[0]:
+            raise RuntimeError("after_request failed")
+        return response
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    app.logger.disabled = True  # captured log records would keep the failed responses alive
+    for _ in range(2):
+        assert app.test_client().get("/stream?channel=c").status_code == 500
+    fail[0] = False
+    gc.collect()  # the failed responses sit in reference cycles with their tracebacks
+    time.sleep(0.2)
+    with app.app_context():
+        assert sse.stats()["streams"] == 0 and sse.stats()["subscriptions"] == 0
+    response = app.test_client().get("/stream?channel=c", buffered=False)
+    assert response.status_code == 200  # the slot was given back
+    response.close()
+
+
+def test_publisher_ids_shaped_like_generated_ids_are_refused(app: Flask, sse: SSE) -> None:
+    with app.app_context(), pytest.raises(ValueError, match="reserved"):
+        sse.publish("x", id="1700000000000-0")
+
+
+def test_shutdown_sends_what_is_queued_then_ends(app: Flask, sse: SSE) -> None:
+    """Regression: a stream with events queued at shutdown waited for graceful_timeout."""
+    response = app.test_client().get("/stream?channel=c", buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    with app.app_context():
+        sse.publish("one", channel="c")
+        sse.publish("two", channel="c")
+    app.extensions["sse"].hub.shutdown()
+    rest = list(chunks)
+    assert len(rest) == 1 and rest[0].count(b"data: ") == 2
+    response.close()
