@@ -1,0 +1,1112 @@
+"""Benchmark flask_sse_ext against flask-sse and a hand-written floor. See bench/README.md.
+
+    python bench/run.py                      # the default set (6-10 minutes on 2 cores)
+    python bench/run.py --quick              # a smoke run (about 2 minutes)
+    python bench/run.py --scenarios fanout-1000,burst-1000 --targets ext-memory,floor
+    python bench/run.py --scenarios fanout --clients 100,5000
+
+Everything runs on 127.0.0.1: one redis-server of its own, and for every (scenario, target)
+a fresh ``gunicorn -k gevent -w 1`` server, a load generator process (bench/loadgen.py) and a
+publisher in this process. Prints one table and saves bench/results/<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_CHANNEL = "bench"
+PRIVATE_PREFIX = "bench-p-"
+
+# ---------------------------------------------------------------------------------------------
+# Processes this script starts (ended by pid, one by one, at exit)
+
+_STARTED: List[subprocess.Popen] = []
+_EXTRA_PIDS: List[int] = []  # gunicorn workers (children of a master we started)
+
+
+def _popen(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    proc = subprocess.Popen(list(cmd), **kwargs)
+    _STARTED.append(proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 8.0) -> None:
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        except ProcessLookupError:
+            pass
+    if proc in _STARTED:
+        _STARTED.remove(proc)
+
+
+def _kill_pid(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state != "Z":
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError):
+        pass
+
+
+def _cleanup() -> None:
+    for proc in list(reversed(_STARTED)):
+        _stop(proc, wait=3)
+    for pid in _EXTRA_PIDS:
+        _kill_pid(pid)
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat
+
+
+def cpu_seconds_precise(pid: int) -> float:
+    """Time on CPU of every thread of ``pid`` from schedstat (ns), a cross-check of the
+    10 ms ticks of /proc/PID/stat; 0.0 where schedstat is missing."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return total / 1e9
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def socket_inodes(pid: int) -> set:
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for name in os.listdir(fd_dir):
+        try:
+            link = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
+
+
+def local_ports_to(pid: int, remote_port: int) -> set:
+    """Local ports of ``pid``'s TCP sockets connected to 127.0.0.1:``remote_port``."""
+    inodes = socket_inodes(pid)
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[9] in inodes and int(cols[2].rsplit(":", 1)[1], 16) == remote_port:
+                        ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+# ---------------------------------------------------------------------------------------------
+# redis-server
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        import redis
+
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        self.proc = _popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=open(self.dir / "redis.log", "wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        # The bench's own connection, opened first and kept: a target that uses up Redis'
+        # maxclients (flask-sse at 10,000 streams) must not blind the measurements.
+        self.admin = redis.Redis(port=self.port, client_name="bench-admin", socket_timeout=30)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.admin.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def version(self) -> str:
+        return str(self.admin.info("server").get("redis_version"))
+
+    def clients_of(self, pid: int) -> int:
+        """Redis clients (CLIENT LIST) whose address is a socket of process ``pid``."""
+        ports = local_ports_to(pid, self.port)
+        count = 0
+        for entry in self.admin.client_list():
+            addr = entry.get("addr", "")
+            if addr.startswith("127.0.0.1:") and int(addr.rsplit(":", 1)[1]) in ports:
+                count += 1
+        return count
+
+    def numsub(self, channels: Sequence[str]) -> int:
+        total = 0
+        for i in range(0, len(channels), 1000):
+            for _, n in self.admin.pubsub_numsub(*channels[i : i + 1000]):
+                total += int(n)
+        return total
+
+    def stop(self) -> None:
+        try:
+            self.admin.close()
+        except Exception:
+            pass
+        _stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets and their publishers
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    app: str  # gunicorn app module (in bench/)
+    uses_redis: bool
+    ready: str  # how the load generator knows a stream is open: "headers" or "sent"
+    publisher: str
+
+
+TARGETS: Dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("ext-memory", "ext_app:app", False, "headers", "http"),
+        Target("ext-redis", "ext_app:app", True, "headers", "ext"),
+        Target("flask-sse", "flask_sse_app:app", True, "sent", "flask-sse"),
+        Target("floor", "floor_app:app", True, "headers", "redis"),
+    )
+}
+
+
+class HttpPublisher:
+    """POST /publish to the worker (the in-process broker can only be reached there)."""
+
+    def __init__(self, port: int, redis_url: str) -> None:
+        self.port = port
+        self.conn: Optional[http.client.HTTPConnection] = None
+
+    def publish(self, channel: str, data: str) -> None:
+        body = json.dumps({"data": data, "channel": channel})
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            try:
+                self.conn.request("POST", "/publish", body, {"Content-Type": "application/json"})
+                resp = self.conn.getresponse()
+                text = resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {text[:200]!r}")
+                if resp.getheader("connection", "").lower() == "close":
+                    self.close()
+                return
+            except (http.client.HTTPException, ConnectionError):
+                self.close()
+                if attempt:
+                    raise
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class ExtPublisher:
+    """flask_sse_ext.Publisher: straight into Redis, no app."""
+
+    def __init__(self, port: int, redis_url: str) -> None:
+        from flask_sse_ext import Publisher
+
+        self.publisher = Publisher(redis_url)
+
+    def publish(self, channel: str, data: str) -> None:
+        self.publisher.publish(data, channel=channel)
+
+    def close(self) -> None:
+        self.publisher.close()
+
+
+class FlaskSsePublisher:
+    """flask_sse.sse.publish in an app context of this process (what a view would do)."""
+
+    def __init__(self, port: int, redis_url: str) -> None:
+        from flask import Flask
+        from flask_sse import sse
+
+        app = Flask("bench_publisher")
+        app.config["REDIS_URL"] = redis_url
+        self.sse = sse
+        self.ctx = app.app_context()
+        self.ctx.push()
+
+    def publish(self, channel: str, data: str) -> None:
+        self.sse.publish(data, channel=channel)
+
+    def close(self) -> None:
+        self.ctx.pop()
+
+
+class RedisPublisher:
+    """Plain PUBLISH, for the floor."""
+
+    def __init__(self, port: int, redis_url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url, client_name="bench-publisher")
+
+    def publish(self, channel: str, data: str) -> None:
+        self.client.publish(channel, data)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+PUBLISHERS: Dict[str, Callable[[int, str], Any]] = {
+    "http": HttpPublisher,
+    "ext": ExtPublisher,
+    "flask-sse": FlaskSsePublisher,
+    "redis": RedisPublisher,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def _gunicorn_args() -> List[str]:
+    import gunicorn.config
+
+    if any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS):
+        return ["--no-control-socket"]
+    return []
+
+
+class Server:
+    def __init__(self, target: Target, redis_url: str, gc_threshold: Optional[int] = None) -> None:
+        self.target = target
+        self.port = free_port()
+        fd, log = tempfile.mkstemp(prefix=f"bench-{target.name}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(log)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(ROOT), env.get("PYTHONPATH", "")])
+        env.pop("BENCH_GC_THRESHOLD", None)
+        if gc_threshold:
+            env["BENCH_GC_THRESHOLD"] = str(gc_threshold)
+        if target.uses_redis:
+            env["BENCH_REDIS_URL"] = redis_url
+        else:
+            env.pop("BENCH_REDIS_URL", None)
+        cmd = [
+            sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+            "-b", f"127.0.0.1:{self.port}", "--worker-connections", "30000",
+            "--backlog", "4096", "--graceful-timeout", "2", "--timeout", "120",
+            "--log-level", "warning", "-c", str(BENCH / "gunicorn_bench.py"),
+            *_gunicorn_args(), target.app,
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as logf:
+            self.proc = _popen(cmd, cwd=BENCH, env=env, stdout=logf, stderr=subprocess.STDOUT)
+        self.worker = self._find_worker()
+        _EXTRA_PIDS.append(self.worker)
+        self._wait_port()
+
+    def _find_worker(self) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.log()[-2000:]}")
+            kids = children(self.proc.pid)
+            if kids:
+                return kids[0]
+            time.sleep(0.05)
+        raise RuntimeError("gunicorn started no worker")
+
+    def _wait_port(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.log()[-2000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/ping")
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                if resp.status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the server did not answer /ping: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> Dict[str, Any]:
+        _stop(self.proc, wait=8)
+        _kill_pid(self.worker)
+        if self.worker in _EXTRA_PIDS:
+            _EXTRA_PIDS.remove(self.worker)
+        text = self.log()
+        self.log_path.unlink(missing_ok=True)
+        tracebacks = text.count("Traceback (most recent call last)")
+        info: Dict[str, Any] = {"tracebacks": tracebacks}
+        if tracebacks:
+            start = text.find("Traceback (most recent call last)")
+            info["first_traceback"] = text[start : start + 1500]
+            # The last line of each traceback names the exception: count them by kind.
+            kinds: Dict[str, int] = {}
+            for m in re.finditer(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)+(\S[^\n]*)", text):
+                kind = m.group(1).split(":", 1)[0][:80]
+                kinds[kind] = kinds.get(kind, 0) + 1
+            info["exceptions"] = kinds
+        return info
+
+
+def warm_up(server: Server, publisher: Any) -> None:
+    """One stream, one event, closed: lazy imports, the broker and the publisher's connection
+    exist before anything is measured."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        sock.sendall(b"GET /stream?channel=warmup HTTP/1.1\r\nHost: x\r\n\r\n")
+        if server.target.ready == "headers":
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        else:
+            time.sleep(0.3)
+        publisher.publish("warmup", "E0 %.6f warmup" % time.time())
+        got = b""
+        deadline = time.monotonic() + 5
+        while b"warmup" not in got and time.monotonic() < deadline:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        sock.close()
+    time.sleep(0.1)
+    # flask-sse only notices a closed stream when it next writes to it.
+    publisher.publish("warmup", "E1 %.6f warmup" % time.time())
+    time.sleep(0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclass
+class Scenario:
+    name: str
+    kind: str  # fanout | private | burst | redis-clients
+    clients: int = 0
+    events: int = 0  # per channel
+    rate: Optional[float] = None  # events per second; None: back to back
+    counts: Tuple[int, ...] = ()  # redis-clients: client counts to measure
+
+    def describe(self) -> str:
+        if self.kind == "fanout":
+            return (f"{self.clients} clients, 1 channel, {self.events} events at "
+                    f"{self.rate:g}/s")  # fmt: skip
+        if self.kind == "private":
+            return (f"{self.clients} clients on {self.clients} channels, 1 event each, "
+                    f"{self.rate:g} events/s")  # fmt: skip
+        if self.kind == "burst":
+            return f"{self.clients} clients, 1 channel, {self.events} events back to back"
+        return "Redis connections held by the worker, per open streams"
+
+
+def build_scenarios(args: argparse.Namespace) -> List[Scenario]:
+    quick = args.quick
+    seconds = args.seconds if args.seconds is not None else (2.0 if quick else 3.0)
+    events = max(1, int(round(args.rate * seconds)))
+    fanout_counts = args.clients or ([100, 1000] if quick else [100, 1000, 10000])
+    private_n = 1000 if quick else 10000
+    burst_n = 100 if quick else 1000
+    counts = tuple(args.redis_counts or ([1, 100] if quick else [1, 100, 1000]))
+    names = args.scenarios or (
+        [f"fanout-{n}" for n in fanout_counts]
+        + [f"private-{private_n}", f"burst-{burst_n}", "redis-clients"]
+    )
+    out: List[Scenario] = []
+    for name in names:
+        if name == "fanout":
+            out += [Scenario(f"fanout-{n}", "fanout", n, events, args.rate) for n in fanout_counts]
+            continue
+        if name == "redis-clients":
+            out.append(Scenario(name, "redis-clients", counts=counts))
+            continue
+        kind, _, n_text = name.rpartition("-")
+        if not kind:
+            kind, n_text = name, str({"private": private_n, "burst": burst_n}.get(name, 0))
+        if kind not in ("fanout", "private", "burst") or not n_text.isdigit():
+            raise SystemExit(f"unknown scenario {name!r}: use fanout[-N], private[-N], burst[-N], redis-clients")
+        n = int(n_text)
+        if kind == "fanout":
+            out.append(Scenario(f"fanout-{n}", kind, n, events, args.rate))
+        elif kind == "private":
+            out.append(Scenario(f"private-{n}", kind, n, 1, args.private_rate))
+        else:
+            out.append(Scenario(f"burst-{n}", kind, n, args.burst_events))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+
+
+class LoadGen:
+    def __init__(self, port: int, clients: int, expect: int, target: Target, *,
+                 private: bool, drain: float, connect_timeout: float, max_seconds: float) -> None:  # fmt: skip
+        cmd = [
+            sys.executable, str(BENCH / "loadgen.py"), "--port", str(port),
+            "--clients", str(clients), "--expect", str(expect), "--ready", target.ready,
+            "--drain", str(drain), "--connect-timeout", str(connect_timeout),
+            "--max-seconds", str(max_seconds),
+        ]  # fmt: skip
+        if private:
+            cmd += ["--private-prefix", PRIVATE_PREFIX]
+        else:
+            cmd += ["--channel", PAGE_CHANNEL]
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = _popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        self.lines: "queue.Queue[Optional[dict]]" = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.lines.put(json.loads(line))
+            except ValueError:
+                pass
+        self.lines.put(None)
+
+    def next(self, phase: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"the load generator gave no {phase!r} line in {timeout:.0f}s")
+            if msg is None:
+                self.stderr.seek(0)
+                err = self.stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"the load generator exited before {phase!r}: {err}")
+            if msg.get("phase") == phase:
+                return msg
+
+    def done(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b"done\n")
+            self.proc.stdin.flush()
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        _stop(self.proc, wait=5)
+        self.stderr.close()
+
+
+def wait_subscribed(redis_server: RedisServer, channels: List[str], want: int, timeout: float) -> int:
+    """For servers that send no headers before the first event: wait until Redis counts
+    ``want`` subscribers (or the count stops growing for 5 s). Returns the count."""
+    deadline = time.monotonic() + timeout
+    last, last_change = -1, time.monotonic()
+    while True:
+        n = redis_server.numsub(channels)
+        if n >= want or time.monotonic() > deadline:
+            return n
+        if n != last:
+            last, last_change = n, time.monotonic()
+        elif time.monotonic() - last_change > 5:
+            return n
+        time.sleep(0.2)
+
+
+def _pct(values: List[float], q: float) -> Optional[float]:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+
+
+class Profiler:
+    """py-spy record on the worker for the publish phase (raw collapsed stacks)."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        exe = shutil.which("py-spy")
+        if exe is None:
+            raise RuntimeError("py-spy is not installed (pip install py-spy)")
+        self.proc = _popen(
+            [exe, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out),
+             "--nonblocking", "-d", "600"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.5)
+
+    def stop(self) -> Dict[str, Any]:
+        _stop(self.proc, sig=signal.SIGINT, wait=20)
+        return summarize_profile(self.out)
+
+
+def summarize_profile(path: Path, top: int = 25) -> Dict[str, Any]:
+    """Self and inclusive sample counts per function from py-spy's raw (collapsed) output."""
+    self_counts: Dict[str, int] = {}
+    incl: Dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"error": "no profile written"}
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.strip() for f in stack.split(";") if f.strip()]
+        if not frames:
+            continue
+        leaf = frames[-1]
+        self_counts[leaf] = self_counts.get(leaf, 0) + count
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + count
+
+    def rank(d: Dict[str, int]) -> List[Tuple[str, float]]:
+        return [(k, round(100.0 * v / total, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "file": str(path), "self_pct": rank(self_counts), "inclusive_pct": rank(incl)}
+
+
+def run_stream_scenario(sc: Scenario, target: Target, redis_server: RedisServer,
+                        args: argparse.Namespace, stamp: str) -> Dict[str, Any]:  # fmt: skip
+    res: Dict[str, Any] = {"scenario": sc.name, "target": target.name, "ok": True}
+    redis_server.admin.flushall()
+    server: Optional[Server] = None
+    publisher = None
+    loadgen: Optional[LoadGen] = None
+    profiler: Optional[Profiler] = None
+    try:
+        server = Server(target, redis_server.url, args.gc_threshold)
+        publisher = PUBLISHERS[target.publisher](server.port, redis_server.url)
+        warm_up(server, publisher)
+        time.sleep(0.3)
+        rss0 = rss_kib(server.worker)
+        expected_total = sc.clients * sc.events
+        drain = args.drain if args.drain is not None else max(5.0, min(45.0, expected_total / 15000))
+        connect_timeout = 60 + sc.clients / 200
+        published = sc.clients if sc.kind == "private" else sc.events
+        publish_estimate = published / sc.rate if sc.rate else published / 200
+        max_seconds = connect_timeout + 30 + publish_estimate * 3 + drain + 30
+        loadgen = LoadGen(server.port, sc.clients, sc.events, target, private=sc.kind == "private",
+                          drain=drain, connect_timeout=connect_timeout, max_seconds=max_seconds)  # fmt: skip
+        ready = loadgen.next("ready", connect_timeout + 30)
+        accept_s = ready["accept_s"]
+        if target.ready == "sent":
+            channels = ([f"{PRIVATE_PREFIX}{i}" for i in range(sc.clients)]
+                        if sc.kind == "private" else [PAGE_CHANNEL])  # fmt: skip
+            subscribed = wait_subscribed(redis_server, channels, sc.clients, connect_timeout)
+            accept_s = time.time() - ready["start"]
+            res["subscribed"] = subscribed
+        res["accept_s"] = accept_s
+        res["ready_streams"] = ready["ready"]
+        time.sleep(1.0 if sc.clients >= 1000 else 0.5)  # let the worker settle before measuring
+        rss1 = rss_kib(server.worker)
+        res["rss_kib"] = {"idle_0": rss0, "idle_n": rss1}
+        res["rss_per_conn_kib"] = (rss1 - rss0) / sc.clients
+        res["redis_clients"] = redis_server.clients_of(server.worker) if target.uses_redis else None
+
+        # -- publish phase ------------------------------------------------------------------
+        if target.name in args.profile:
+            try:
+                profiler = Profiler(server.worker, RESULTS / f"{stamp}-profile-{target.name}-{sc.name}.txt")
+            except Exception as exc:
+                res["profile"] = {"error": str(exc)}
+        pad = "x" * max(0, args.payload - 30)
+        lat: List[float] = []
+        errors: Dict[str, int] = {}
+        cpu0 = cpu_seconds(server.worker)
+        cpu0_precise = cpu_seconds_precise(server.worker)
+        first_publish = time.time()
+        consecutive = 0
+
+        def publish(channel: str, seq: int) -> None:
+            nonlocal consecutive
+            data = "E%d %.6f %s" % (seq, time.time(), pad)
+            t = time.perf_counter()
+            try:
+                publisher.publish(channel, data)
+                consecutive = 0
+            except Exception as exc:
+                kind = type(exc).__name__ + ": " + str(exc)[:80]
+                errors[kind] = errors.get(kind, 0) + 1
+                consecutive += 1
+                if consecutive >= 50:
+                    raise RuntimeError("50 publish calls failed in a row") from exc
+            lat.append(time.perf_counter() - t)
+
+        try:
+            if sc.kind == "fanout":
+                t0 = time.monotonic()
+                for seq in range(sc.events):
+                    delay = t0 + seq / sc.rate - time.monotonic()  # type: ignore[operator]
+                    if delay > 0:
+                        time.sleep(delay)
+                    publish(PAGE_CHANNEL, seq)
+            elif sc.kind == "burst":
+                for seq in range(sc.events):
+                    publish(PAGE_CHANNEL, seq)
+            else:
+                t0 = time.monotonic()
+                for i in range(sc.clients):
+                    delay = t0 + i / sc.rate - time.monotonic()  # type: ignore[operator]
+                    if delay > 0:
+                        time.sleep(delay)
+                    publish(f"{PRIVATE_PREFIX}{i}", 0)
+        except RuntimeError as exc:
+            res["publish_aborted"] = str(exc)
+        publish_end = time.time()
+        loadgen.done()
+        result = loadgen.next("result", max_seconds + 30)
+        cpu1 = cpu_seconds(server.worker)
+        cpu1_precise = cpu_seconds_precise(server.worker)
+        if profiler is not None:
+            res["profile"] = profiler.stop()
+            profiler = None
+
+        delivered = result["delivered"]
+        res.update({
+            "expected": result["expected"],
+            "delivered": delivered,
+            "loss": result["loss"],
+            "per_client_loss": result["per_client_loss"],
+            "duplicates": result["duplicates"],
+            "other_events": result["other_events"],
+            "latency_ms": {k: (v * 1000 if v is not None and not math.isnan(v) else None)
+                           for k, v in result["latency_s"].items() if k != "count"},
+            "publish_s": publish_end - first_publish,
+            "publish_calls": len(lat),
+            "publish_errors": errors,
+            "publish_ms": {"p50": _ms(_pct(lat, 0.5)), "p99": _ms(_pct(lat, 0.99)),
+                           "max": _ms(max(lat) if lat else None)},
+            "worker_cpu_s": cpu1 - cpu0,
+            "worker_cpu_s_schedstat": cpu1_precise - cpu0_precise,
+            "cpu_us_per_delivery": (cpu1 - cpu0) * 1e6 / delivered if delivered else None,
+            "deliveries_per_s": (delivered / (result["last_delivery"] - first_publish)
+                                 if delivered and result["last_delivery"] else None),
+            "drain_timed_out": result["timed_out"],
+            "loadgen_errors": result["errors"],
+            "loadgen_busy_pct": result["loadgen_busy_pct"],
+        })  # fmt: skip
+        res["loadgen"] = result
+    except Exception as exc:
+        res["ok"] = False
+        res["failure"] = f"{type(exc).__name__}: {exc}"[:2000]
+        res["failure_trace"] = traceback.format_exc()[-3000:]
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        if loadgen is not None:
+            loadgen.stop()
+        if publisher is not None:
+            try:
+                publisher.close()
+            except Exception:
+                pass
+        if server is not None:
+            res["server"] = server.stop()
+    return res
+
+
+def _ms(v: Optional[float]) -> Optional[float]:
+    return None if v is None else v * 1000
+
+
+def run_redis_clients(sc: Scenario, target: Target, redis_server: RedisServer) -> Dict[str, Any]:
+    res: Dict[str, Any] = {"scenario": sc.name, "target": target.name, "ok": True, "counts": {}}
+    if not target.uses_redis:
+        res["ok"] = None
+        res["note"] = "no Redis"
+        return res
+    redis_server.admin.flushall()
+    server: Optional[Server] = None
+    publisher = None
+    try:
+        server = Server(target, redis_server.url)
+        publisher = PUBLISHERS[target.publisher](server.port, redis_server.url)
+        warm_up(server, publisher)
+        for n in sc.counts:
+            loadgen = LoadGen(server.port, n, 0, target, private=False, drain=1,
+                              connect_timeout=60, max_seconds=120)  # fmt: skip
+            try:
+                ready = loadgen.next("ready", 90)
+                if target.ready == "sent":
+                    wait_subscribed(redis_server, [PAGE_CHANNEL], n, 30)
+                time.sleep(0.5)
+                res["counts"][str(n)] = {
+                    "redis_clients": redis_server.clients_of(server.worker),
+                    "ready": ready["ready"], "errors": ready["errors"],
+                }  # fmt: skip
+                loadgen.done()
+                loadgen.next("result", 30)
+            finally:
+                loadgen.stop()
+            if target.name == "flask-sse":
+                publisher.publish(PAGE_CHANNEL, "E0 0 cleanup")  # lets its closed streams end
+            time.sleep(0.5)
+    except Exception as exc:
+        res["ok"] = False
+        res["failure"] = f"{type(exc).__name__}: {exc}"[:2000]
+    finally:
+        if publisher is not None:
+            try:
+                publisher.close()
+            except Exception:
+                pass
+        if server is not None:
+            res["server"] = server.stop()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if math.isnan(v):
+        return "-"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and b and not math.isnan(a) and not math.isnan(b):
+        return f"{a / b:.2f}x"
+    return "-"
+
+
+def _errors_text(r: Dict[str, Any]) -> str:
+    n = sum(r.get("loadgen_errors", {}).values()) + sum(r.get("publish_errors", {}).values())
+    n += r.get("server", {}).get("tracebacks", 0)
+    return str(n)
+
+
+ROWS: List[Tuple[str, Callable[[Dict[str, Any]], Any]]] = [
+    ("delivered/expected", lambda r: f"{r['delivered']:,}/{r['expected']:,}" if "delivered" in r else None),
+    ("delivered %", lambda r: 100.0 * r["delivered"] / r["expected"] if r.get("expected") else None),
+    ("latency p50 ms", lambda r: r.get("latency_ms", {}).get("p50")),
+    ("latency p95 ms", lambda r: r.get("latency_ms", {}).get("p95")),
+    ("latency p99 ms", lambda r: r.get("latency_ms", {}).get("p99")),
+    ("latency max ms", lambda r: r.get("latency_ms", {}).get("max")),
+    ("deliveries/s", lambda r: r.get("deliveries_per_s")),
+    ("worker CPU us/delivery", lambda r: r.get("cpu_us_per_delivery")),
+    ("  same, from schedstat (ns)", lambda r: r["worker_cpu_s_schedstat"] * 1e6 / r["delivered"]
+        if r.get("delivered") and r.get("worker_cpu_s_schedstat") else None),
+    ("worker RSS KiB/idle conn", lambda r: r.get("rss_per_conn_kib")),
+    ("Redis clients/worker", lambda r: r.get("redis_clients")),
+    ("accept N conns s", lambda r: r.get("accept_s")),
+    ("publish call p50 ms", lambda r: r.get("publish_ms", {}).get("p50")),
+    ("publish call p99 ms", lambda r: r.get("publish_ms", {}).get("p99")),
+    ("errors (client+publish+server)", lambda r: _errors_text(r) if "delivered" in r else None),
+    ("loadgen busy % (deliveries)", lambda r: r.get("loadgen_busy_pct")),
+]
+
+
+def render_table(scenarios: List[Scenario], targets: List[str], runs: List[Dict[str, Any]]) -> str:
+    by = {(r["scenario"], r["target"]): r for r in runs}
+    ratios = [(t, "floor") for t in ("ext-memory", "ext-redis") if t in targets and "floor" in targets]
+    header = ["metric", *targets, *[f"{a}/floor" for a, _ in ratios]]
+    rows: List[List[str]] = []
+    for sc in scenarios:
+        rows.append([f"== {sc.name}: {sc.describe()}"])
+        if sc.kind == "redis-clients":
+            for n in sc.counts:
+                vals = []
+                for t in targets:
+                    r = by.get((sc.name, t), {})
+                    if r.get("ok") is None:
+                        vals.append("n/a")
+                    elif not r.get("ok"):
+                        vals.append("FAIL")
+                    else:
+                        vals.append(r["counts"].get(str(n), {}).get("redis_clients"))
+                raw = dict(zip(targets, vals))
+                rows.append([f"Redis clients/worker @{n}", *map(fmt, vals),
+                             *[_ratio(raw[a], raw[b]) for a, b in ratios]])  # fmt: skip
+            continue
+        for label, get in ROWS:
+            raw = {}
+            for t in targets:
+                r = by.get((sc.name, t))
+                if r is None:
+                    raw[t] = None
+                elif not r.get("ok"):
+                    raw[t] = "FAIL"
+                else:
+                    try:
+                        raw[t] = get(r)
+                    except (KeyError, TypeError):
+                        raw[t] = None
+            rows.append([label, *[fmt(raw[t]) for t in targets],
+                         *[_ratio(raw[a], raw[b]) for a, b in ratios]])  # fmt: skip
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows if len(r) > 1)) for i in range(len(header))]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        if len(r) == 1:
+            lines.append(r[0])
+        else:
+            lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def failures_text(runs: List[Dict[str, Any]]) -> str:
+    out = []
+    for r in runs:
+        problems = []
+        if r.get("ok") is False:
+            problems.append(r.get("failure", "failed"))
+        if r.get("loadgen_errors"):
+            problems.append(f"client errors {r['loadgen_errors']}")
+        if r.get("publish_errors"):
+            problems.append(f"publish errors {r['publish_errors']}")
+        if r.get("publish_aborted"):
+            problems.append(r["publish_aborted"])
+        if r.get("drain_timed_out"):
+            problems.append("not every event arrived before the drain timeout")
+        exc = r.get("server", {}).get("exceptions")
+        if exc:
+            problems.append(f"server exceptions {exc}")
+        for n, c in r.get("counts", {}).items():
+            if c.get("errors"):
+                problems.append(f"@{n}: client errors {c['errors']}")
+        if problems:
+            out.append(f"  {r['scenario']} / {r['target']}: " + "; ".join(problems))
+    return "\n".join(out)
+
+
+def profile_text(runs: List[Dict[str, Any]]) -> str:
+    out = []
+    for r in runs:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        out.append(f"  {r['scenario']} / {r['target']}: {prof.get('samples', 0)} samples, {prof.get('file', prof.get('error'))}")
+        for name, pct in prof.get("self_pct", [])[:12]:
+            out.append(f"    self {pct:5.1f}%  {name}")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def ensure_requirements(skip: bool) -> None:
+    try:
+        import flask_sse  # noqa: F401
+        return
+    except ImportError:
+        pass
+    if skip:
+        raise SystemExit("flask-sse is not installed: pip install -r bench/requirements.txt")
+    print("installing bench/requirements.txt (flask-sse is missing) ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt")], check=True)
+
+
+def versions(redis_server: RedisServer) -> Dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "redis-server": redis_server.version()}
+    try:  # what was measured: the commit, and whether flask_sse_ext differed from it
+        git = ["git", "-C", str(ROOT)]
+        out["git_commit"] = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True,
+                                           text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "flask_sse_ext"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        out["flask_sse_ext_modified"] = "yes" if dirty else "no"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for dist in ("flask-sse-ext", "Flask-SSE", "Flask", "gevent", "gunicorn", "redis", "hiredis"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small counts: a smoke run in ~2 minutes")
+    p.add_argument("--scenarios", type=lambda s: [x for x in s.split(",") if x],
+                   help="comma list: fanout-N, private-N, burst-N, redis-clients, or fanout (= --clients)")
+    p.add_argument("--targets", type=lambda s: [x for x in s.split(",") if x], default=list(TARGETS),
+                   help=f"comma list among {', '.join(TARGETS)}")
+    p.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",") if x],
+                   help="client counts of the fanout scenarios (default 100,1000,10000)")
+    p.add_argument("--rate", type=float, default=20.0, help="fanout events per second (default 20)")
+    p.add_argument("--seconds", type=float, default=None, help="fanout publish seconds (default 3; 2 with --quick)")
+    p.add_argument("--private-rate", type=float, default=2000.0,
+                   help="private scenario: events per second, one per channel (default 2000)")
+    p.add_argument("--burst-events", type=int, default=100)
+    p.add_argument("--redis-counts", type=lambda s: [int(x) for x in s.split(",") if x])
+    p.add_argument("--payload", type=int, default=100, help="event data size in bytes (>= 30)")
+    p.add_argument("--drain", type=float, default=None,
+                   help="seconds to wait for missing events after publishing (default: by volume, 5-45)")
+    p.add_argument("--profile", nargs="?", const="ext-memory,ext-redis", default="",
+                   type=lambda s: [x for x in s.split(",") if x], metavar="TARGETS",
+                   help="py-spy these workers (default: the ext-* ones) during the publish phase;"
+                        " it perturbs their numbers")
+    p.add_argument("--gc-threshold", type=int, default=None,
+                   help="experiment: gc.set_threshold(N) in every worker (default: Python's 700)")
+    p.add_argument("--no-install", action="store_true", help="do not pip-install bench/requirements.txt")
+    args = p.parse_args()
+    for t in args.targets:
+        if t not in TARGETS:
+            raise SystemExit(f"unknown target {t!r}: choose among {', '.join(TARGETS)}")
+    if "flask-sse" in args.targets:
+        ensure_requirements(args.no_install)
+    scenarios = build_scenarios(args)
+    for sc in scenarios:
+        if sc.clients > 15000 or max(sc.counts, default=0) > 15000:
+            raise SystemExit("at most 15,000 clients per scenario (open-file limit 20,000 per process)")
+
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    started = time.monotonic()
+    runs: List[Dict[str, Any]] = []
+    redis_server = RedisServer()
+    meta: Dict[str, Any] = {}
+    try:
+        meta = {
+            "timestamp": stamp, "argv": sys.argv[1:], "cpus": os.cpu_count(),
+            "nofile": __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0],
+            "versions": versions(redis_server), "scenarios": [sc.__dict__ for sc in scenarios],
+            "targets": args.targets,
+        }  # fmt: skip
+        for sc in scenarios:
+            for name in args.targets:
+                t0 = time.monotonic()
+                print(f"[{time.monotonic() - started:6.0f}s] {sc.name} / {name} ...", file=sys.stderr, flush=True)
+                target = TARGETS[name]
+                if sc.kind == "redis-clients":
+                    r = run_redis_clients(sc, target, redis_server)
+                else:
+                    r = run_stream_scenario(sc, target, redis_server, args, stamp)
+                r["wall_s"] = time.monotonic() - t0
+                runs.append(r)
+                if r.get("ok") is False:
+                    print(f"         failed: {r.get('failure', '')[:300]}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: saving what ran", file=sys.stderr)
+    finally:
+        redis_server.stop()
+        _cleanup()
+    meta["wall_s"] = time.monotonic() - started
+    out = RESULTS / f"{stamp}.json"
+    out.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1, default=str))
+    print(render_table(scenarios, args.targets, runs))
+    fails = failures_text(runs)
+    if fails:
+        print("\nfailures and errors:\n" + fails)
+    prof = profile_text(runs)
+    if prof:
+        print("\nprofiles (py-spy, worker, publish phase):\n" + prof)
+    print(f"\nsaved {out.relative_to(ROOT)}  ({meta['wall_s']:.0f}s; compare columns within this run only)")
+
+
+if __name__ == "__main__":
+    main()
