@@ -178,7 +178,6 @@ def _open(
         channels,
         cursor,
         retry=settings.retry,
-        heartbeat=settings.heartbeat_interval,
         max_age=max_age,
         queue_size=settings.client_queue_size,
         environ=environ,

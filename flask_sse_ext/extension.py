@@ -87,7 +87,7 @@ class _State:
         if self._hub is None:
             with self._lock:
                 if self._hub is None:
-                    self._hub = Hub(broker, self._stats)
+                    self._hub = Hub(broker, self._stats, self.settings.heartbeat_interval)
                     if self.settings.metrics_path is not None:
                         from .metrics import start_sharing
 

@@ -8,6 +8,7 @@ the browser reconnects with ``Last-Event-ID``), which bounds a worker's memory p
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Callable, Deque, Dict, Optional, Set, Tuple
@@ -24,6 +25,7 @@ LAGGED = "lagged"
 GONE = "gone"
 SHUTDOWN = "shutdown"
 RESYNC = "resync"
+EXPIRED = "expired"
 
 
 class Stats:
@@ -45,7 +47,10 @@ class Stats:
 class Client:
     """One open stream's inbox. ``put`` never blocks; the stream drains ``queue`` on ``wake``."""
 
-    __slots__ = ("channels", "queue", "wake", "maxsize", "closed", "abort", "stats")
+    __slots__ = (
+        "channels", "queue", "wake", "maxsize", "closed", "abort", "stats",
+        "active", "quiet_since", "beat_due", "deadline",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -60,11 +65,18 @@ class Client:
         self.wake = threading.Event()
         self.maxsize = maxsize
         #: ``None`` while open, else why it must end (``lagged``, ``gone``, ``shutdown``,
-        #: ``resync``).
+        #: ``resync``, ``expired``).
         self.closed: Optional[str] = None
         #: Called when the client lags, to unblock a write stuck on a reader that stopped.
         self.abort = abort
         self.stats = stats
+        #: Heartbeat bookkeeping, kept by the hub's ticker: the stream sets ``active`` when it
+        #: writes; the ticker sets ``beat_due`` after a heartbeat interval without writes.
+        self.active = False
+        self.quiet_since = 0.0
+        self.beat_due = False
+        #: ``time.monotonic()`` at which the stream must end (age limit, token expiry).
+        self.deadline: Optional[float] = None
 
     def put(self, message: Message) -> None:
         if self.closed is not None:
@@ -86,10 +98,17 @@ class Client:
 
 
 class Hub:
-    """Routes a broker's live messages to the clients of this process."""
+    """Routes a broker's live messages to the clients of this process.
 
-    def __init__(self, broker: Broker, stats: Optional[Stats] = None) -> None:
+    One ticker (a greenlet under gevent) keeps time for every stream: it marks a heartbeat due
+    on streams that wrote nothing for ``heartbeat`` seconds and ends streams past their
+    deadline, so a stream waits on its wake-up event alone, with no timer of its own.
+    """
+
+    def __init__(self, broker: Broker, stats: Optional[Stats] = None, heartbeat: float = 15.0) -> None:
         self.broker = broker
+        self.heartbeat = heartbeat
+        self._ticker: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._clients: Dict[str, Set[Client]] = {}
         self._all: Set[Client] = set()
@@ -101,10 +120,14 @@ class Hub:
 
     def attach(self, client: Client) -> None:
         """Start routing ``client``'s channels to it, subscribing the broker to new ones."""
+        client.quiet_since = time.monotonic()
         with self._lock:
             if self.closing:
                 client.close(SHUTDOWN)
             self._all.add(client)
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="sse-ticker", daemon=True)
+                self._ticker.start()
             for channel in client.channels:
                 clients = self._clients.get(channel)
                 if clients is None:
@@ -133,6 +156,24 @@ class Hub:
             if clients:
                 for client in clients:
                     client.put(message)
+
+    def _tick(self) -> None:
+        period = min(self.heartbeat / 2, 0.5)
+        while True:
+            time.sleep(period)
+            now = time.monotonic()
+            with self._lock:
+                clients = list(self._all)
+            for client in clients:
+                if client.deadline is not None and now >= client.deadline:
+                    client.close(EXPIRED)
+                elif client.active:
+                    client.active = False
+                    client.quiet_since = now
+                elif now - client.quiet_since >= self.heartbeat:
+                    client.quiet_since = now
+                    client.beat_due = True
+                    client.wake.set()
 
     def resync(self, channel: str) -> None:
         """End the streams of ``channel``: the broker lost track of it (events may be missing),

@@ -2,7 +2,9 @@
 
 - ``stream_opened(app, channels=(...), identity=Identity | None)``: a stream passed its checks.
 - ``stream_closed(app, channels=(...), identity=..., reason=str | None)``: a stream ended;
-  ``reason`` is ``"lagged"``, ``"gone"``, ``"shutdown"`` or ``None`` (age, expiry, server).
+  ``reason`` is ``"lagged"`` (too slow), ``"gone"`` (client left), ``"shutdown"`` (worker
+  stopping), ``"resync"`` (broker lost track), ``"expired"`` (age limit or token expiry), or
+  ``None`` (the server ended it, e.g. a failed write).
 - ``event_published(app, channel=str, id=str)``: ``sse.publish`` stored an event.
 """
 

@@ -14,7 +14,7 @@ from flask import Response
 from .brokers.base import Broker, BrokerError, Message, Position, format_position
 from .cursor import decode_compound, encode_compound
 from .event import comment, encode_body, frame, retry_line
-from .hub import GONE, LAGGED, RESYNC, SHUTDOWN, Client, Hub
+from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, Client, Hub
 from .serving import socket_abort, socket_end_reads, watch_disconnect
 
 __all__ = ["MISSED_EVENT", "HEADERS", "open_stream", "unavailable"]
@@ -28,6 +28,7 @@ HEADERS = {
 }
 
 _HEARTBEAT = comment()
+_ENDS_AT_ONCE = (LAGGED, GONE, RESYNC, EXPIRED)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ class _Stream:
         cursor: Optional[str],
         *,
         retry: int,
-        heartbeat: float,
         max_age: Optional[float],
         queue_size: int,
         environ: Dict[str, Any],
@@ -58,14 +58,12 @@ class _Stream:
         self.channels = channels
         self.cursor = cursor
         self.retry = retry
-        self.heartbeat = heartbeat
         self.max_age = max_age
         self.environ = environ
         self.allowed = allowed
         self.client = Client(channels, queue_size, socket_abort(environ), hub.stats)
         self.positions: Dict[str, Position] = {}
         self.single = len(channels) == 1
-        self.deadline: Optional[float] = None
         self.opened = False
         self.finished = False
         self.stop_watch: Optional[Callable[[], None]] = None
@@ -81,23 +79,20 @@ class _Stream:
             return self._open()
         client = self.client
         while True:
-            if self.finished or client.closed in (LAGGED, GONE, RESYNC):
+            if self.finished or client.closed in _ENDS_AT_ONCE:
                 raise StopIteration
             if client.closed == SHUTDOWN and not client.queue:
                 if self.end_reads is not None:
                     self.end_reads()
                 raise StopIteration
-            timeout = self.heartbeat
-            if self.deadline is not None:
-                timeout = min(timeout, self.deadline - time.monotonic())
-                if timeout <= 0:
-                    raise StopIteration
-            if client.wake.wait(timeout):
-                client.wake.clear()
-                chunk = self._drain()
-                if chunk:
-                    return chunk
-            elif self.deadline is None or time.monotonic() < self.deadline:
+            client.wake.wait()
+            client.wake.clear()
+            chunk = self._drain()
+            if chunk:
+                client.active = True
+                return chunk
+            if client.beat_due:
+                client.beat_due = False
                 return _HEARTBEAT
 
     def _open(self) -> bytes:
@@ -139,7 +134,7 @@ class _Stream:
             self.hub.stats.replayed += len(replay.messages)
         self.stop_watch = watch_disconnect(self.environ, lambda: client.close(GONE))
         if self.max_age is not None:
-            self.deadline = time.monotonic() + self.max_age
+            client.deadline = time.monotonic() + self.max_age
         return b"".join(chunks)
 
     def _drain(self) -> bytes:
@@ -210,7 +205,6 @@ def open_stream(
     cursor: Optional[str],
     *,
     retry: int,
-    heartbeat: float,
     max_age: Optional[float],
     queue_size: int,
     environ: Dict[str, Any],
@@ -224,10 +218,11 @@ def open_stream(
     dropped unsent), with the reason it was cut, or ``None``.
     """
     body = _Stream(
-        hub, broker, channels, cursor, retry=retry, heartbeat=heartbeat, max_age=max_age,
+        hub, broker, channels, cursor, retry=retry, max_age=max_age,
         queue_size=queue_size, environ=environ, allowed=allowed, on_close=on_close,
     )  # fmt: skip
-    return Response(body, mimetype="text/event-stream", headers=HEADERS)
+    # direct_passthrough: werkzeug hands the body to the server as it is, unwrapped.
+    return Response(body, mimetype="text/event-stream", headers=HEADERS, direct_passthrough=True)
 
 
 def _current_id(positions: Dict[str, Position]) -> str:
