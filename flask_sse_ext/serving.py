@@ -73,37 +73,31 @@ def watch_disconnect(
     return stop
 
 
-def socket_abort(environ: Dict[str, Any]) -> Optional[Callable[[], None]]:
-    """A function that shuts the connection down, unblocking a write to a client that stopped
-    reading; ``None`` where the server offers no socket."""
+def _shutdown(environ: Dict[str, Any], how: int) -> Optional[Callable[[], None]]:
     raw = _raw_socket(environ)
     if raw is None:
         return None
 
-    def abort() -> None:
+    def shutdown() -> None:
         try:
-            raw.shutdown(socket.SHUT_RDWR)
+            raw.shutdown(how)
         except OSError:
             pass
 
-    return abort
+    return shutdown
+
+
+def socket_abort(environ: Dict[str, Any]) -> Optional[Callable[[], None]]:
+    """A function that shuts the connection down, unblocking a write to a client that stopped
+    reading; ``None`` where the server offers no socket."""
+    return _shutdown(environ, socket.SHUT_RDWR)
 
 
 def socket_end_reads(environ: Dict[str, Any]) -> Optional[Callable[[], None]]:
     """A function that stops reading from the connection, so the server closes it once the
     response is complete: the browser's reconnect then opens a new connection (to a live
     worker) instead of reusing this one. ``None`` where the server offers no socket."""
-    raw = _raw_socket(environ)
-    if raw is None:
-        return None
-
-    def end_reads() -> None:
-        try:
-            raw.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
-
-    return end_reads
+    return _shutdown(environ, socket.SHUT_RD)
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -96,8 +96,10 @@ def start_gunicorn(
     workers: int = 1,
     args: Sequence[str] = (),
     env: Optional[Dict[str, str]] = None,
+    port: Optional[int] = None,
 ) -> Server:
-    port = free_port()
+    """A gunicorn gevent server on ``port`` (default: a free one), once it accepts connections."""
+    port = port or free_port()
     log_path = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
     environ = dict(os.environ)
     environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), environ.get("PYTHONPATH", "")])

@@ -7,18 +7,12 @@ server side; the page wraps ``fetch`` to time every attempt the client makes.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 import pytest
 
-from conftest import ROOT, TESTS, Server, _gunicorn_args, wait_for_port
+from conftest import ROOT, Server, start_gunicorn
 from conftest_ports import free_port
 from sse_client import request
 
@@ -87,23 +81,8 @@ def start_on_port() -> Iterator[Any]:
     started: List[Server] = []
 
     def start(port: int, config: Dict[str, Any]) -> Server:
-        log_path = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
-        environ = dict(os.environ)
-        environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), environ.get("PYTHONPATH", "")])
-        environ["SSE_TEST_CONFIG"] = json.dumps(config)
-        cmd = [
-            sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
-            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "3", *_gunicorn_args(), *CONF, APP,
-        ]  # fmt: skip
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
-        server = Server(proc, port, log_path)
+        server = start_gunicorn(app=APP, config=config, args=CONF, port=port)
         started.append(server)
-        try:
-            wait_for_port(port, proc)
-        except RuntimeError:
-            server.stop()
-            raise RuntimeError(server.log())
         return server
 
     yield start
