@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from flask import Response
 
-from .brokers.base import Broker, BrokerError, Message, Position, format_position
+from .brokers.base import Broker, BrokerError, Message, Position, Replay, format_position
 from .cursor import decode_compound, encode_compound
 from .event import comment, encode_body, frame, retry_line
 from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, Client, Hub
@@ -104,7 +104,12 @@ class _Stream:
         self.hub.attach(client)
         try:
             self.broker.ready(channels)
-            replays = [self.broker.replay(c, a) for c, a in zip(channels, after)]
+            if self.single and self.cursor is None:
+                # Nothing to replay, and the ids are the events' own: every event from now on
+                # is new to this client (no history read, no round trip to the broker).
+                replays = [Replay([], (0, 0), False)]
+            else:
+                replays = [self.broker.replay(c, a) for c, a in zip(channels, after)]
         except BrokerError as exc:
             logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
             self.finished = True

@@ -94,7 +94,20 @@ end
 return out
 """
 
+# KEYS[1]: the channel's history stream. Returns the id of its newest entry ("0-0" if none).
+_HEAD = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest == 0 then return '0-0' end
+return newest[1][1]
+"""
+
 _CONNECTION_ERRORS = (RedisError, OSError)
+
+_KEEPALIVE = {
+    getattr(socket, option): value
+    for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, option)
+}
 
 
 def _text(value: Union[bytes, str]) -> str:
@@ -125,10 +138,12 @@ class RedisBroker(Broker):
         self.history_ttl = history_ttl
         self.max_backoff = max_backoff
         self.sharded = isinstance(client, redis.RedisCluster)
-        # A cluster's sharded pub/sub is polled node by node: keep each poll short.
-        self._poll_timeout = 0.02 if self.sharded else 1.0
+        # A cluster's sharded pub/sub is polled node by node: keep each poll short. One Redis
+        # is read with a plain blocking read: no poll object or timer per message.
+        self._poll_timeout: Optional[float] = 0.02 if self.sharded else None
         self._publish = client.register_script(_PUBLISH)
         self._replay = client.register_script(_REPLAY)
+        self._head = client.register_script(_HEAD)
         self._deliver: Optional[Callable[[Message], None]] = None
         self._lost: Optional[Callable[[str], None]] = None
         self._channels: Set[str] = set()
@@ -161,8 +176,11 @@ class RedisBroker(Broker):
             retry=Retry(NoBackoff(), 1), **common,
         )  # fmt: skip
         pubsub = redis.BlockingConnectionPool.from_url(
-            url, max_connections=1, timeout=10, retry=Retry(NoBackoff(), 0), **common
-        )
+            url, max_connections=1, timeout=10, retry=Retry(NoBackoff(), 0),
+            # The listener blocks on its socket: TCP keepalive finds a Redis that vanished
+            # without a word (a network partition) in about 25 s.
+            socket_keepalive=True, socket_keepalive_options=_KEEPALIVE, **common,
+        )  # fmt: skip
         return cls(
             redis.Redis(connection_pool=commands),
             pubsub_client=redis.Redis(connection_pool=pubsub),
@@ -209,9 +227,6 @@ class RedisBroker(Broker):
             assert position is not None
             event_id = _text(fields[b"i"]) or None
             messages.append(Message(channel, position, event_id, fields[b"b"]))
-        if channel in self._channels:
-            # Where to catch up from if the connection to Redis drops.
-            self._last.setdefault(channel, messages[-1].position if messages else head)
         return Replay(messages, head, bool(reply[1]))
 
     def share_stats(self, process: str, snapshot: str) -> None:
@@ -263,6 +278,15 @@ class RedisBroker(Broker):
             event = self._confirmed.get(channel)
             if event is not None and not event.wait(max(0.0, deadline - time.monotonic())):
                 raise BrokerError(f"Redis did not confirm the subscription to {channel!r}")
+            if channel not in self._last:
+                # Where to catch up from if the connection to Redis drops: read once per channel
+                # and process, since every later event keeps it current.
+                try:
+                    head = parse_position(_text(self._head(keys=[self._history_key(channel)])))
+                except _CONNECTION_ERRORS as exc:
+                    raise BrokerError(f"Redis did not answer for channel {channel!r}: {exc}") from exc
+                if channel in self._channels and head is not None:
+                    self._last.setdefault(channel, head)
 
     def _send(self, command: str, channel: str) -> None:
         pubsub = self._pubsub
@@ -312,7 +336,7 @@ class RedisBroker(Broker):
                 first = False
                 try:
                     pubsub.close()
-                except _CONNECTION_ERRORS:
+                except Exception:  # closing a connection that close() already cut
                     pass
 
     def _read(self, pubsub: Any) -> None:
@@ -323,7 +347,8 @@ class RedisBroker(Broker):
                 event.is_set() for event in list(self._confirmed.values())
             ):
                 self._catch_up()
-            reply = get(timeout=timeout)
+            # Not subscribed to anything yet: wait for that a second at a time.
+            reply = get(timeout=timeout if pubsub.subscribed else 1.0)
             if reply is None:
                 continue
             kind = _text(reply["type"])
@@ -382,8 +407,11 @@ class RedisBroker(Broker):
     def close(self) -> None:
         """Stop the listener (it closes its own pub/sub connection) and release connections."""
         self._closed = True
+        pubsub = self._pubsub
+        if pubsub is not None and pubsub.connection is not None:
+            pubsub.connection.disconnect()  # wakes the listener from its blocking read
         if self._listener is not None and self._listener is not threading.current_thread():
-            self._listener.join(2 * self._poll_timeout + 1)
+            self._listener.join(2)
         self.client.close()
         if self.pubsub_client is not self.client:
             self.pubsub_client.close()
