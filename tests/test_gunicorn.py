@@ -92,3 +92,14 @@ def test_a_stream_ended_by_shutdown_closes_its_connection(start_server: Any) -> 
     assert stream.idle(5) == [] and stream.ended
     stream.sock.settimeout(3)
     assert stream.sock.recv(1) == b""  # the server closed the connection after the last chunk
+
+
+def test_max_requests_recycling_ends_streams_at_once(start_server: Any) -> None:
+    server: Server = start_server(args=[*CONF, "--max-requests", "3"])
+    stream = RawStream(server.port, "/stream?channel=x")
+    stream.opening()
+    started = time.monotonic()
+    server.stats()  # requests 2 and 3: the worker now recycles itself
+    server.stats()
+    assert stream.idle(5) == [] and stream.ended
+    assert time.monotonic() - started < 2.5
