@@ -143,6 +143,8 @@ def test_redis_restart_while_publishing_loses_nothing(
         assert got == sent
         assert not stream.ended
     assert "Reconnected to Redis" in server.log()
+    print(f"Redis restart: {len(sent)} published, {len(failures)} refused with BrokerError; "
+          f"each of 10 open streams got all {len(sent)} once, in order, without reconnecting")  # fmt: skip
 
 
 def test_app_starts_and_streams_recover_while_redis_is_down(
