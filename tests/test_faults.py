@@ -11,7 +11,7 @@ import signal
 import string
 import threading
 import time
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import Server
 from flask_sse_ext import Publisher
+from redis_server import RedisServer
 from sse_client import RawStream, request
 
 pytestmark = pytest.mark.fault
@@ -179,8 +180,23 @@ def test_client_that_stops_reading_is_cut_and_memory_stays_bounded(start_server:
     assert [e.last_event_id for e in rest] == ids[ids.index(cursor) + 1 :]
 
 
-def test_10000_connect_disconnect_cycles_return_to_baseline(start_server: Any) -> None:
-    server: Server = start_server(config={"SSE_HEARTBEAT_INTERVAL": 5})
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_10000_connect_disconnect_cycles_return_to_baseline(
+    start_server: Any, broker: str
+) -> None:
+    config: Dict[str, Any] = {"SSE_HEARTBEAT_INTERVAL": 5}
+    redis = None
+    if broker == "redis":
+        redis = RedisServer()
+        config.update(SSE_REDIS_URL=redis.url)
+    try:
+        _churn(start_server(config=config), redis)
+    finally:
+        if redis is not None:
+            redis.cleanup()
+
+
+def _churn(server: Server, redis: Optional[RedisServer]) -> None:
     RawStream(server.port, "/stream?channel=warmup").close()
     time.sleep(0.3)
     before = server.stats()
@@ -206,12 +222,16 @@ def test_10000_connect_disconnect_cycles_return_to_baseline(start_server: Any) -
     while server.stats()["streams"] and time.monotonic() < deadline:
         time.sleep(0.1)
     after = server.stats()
-    print(f"10,000 cycles in {took:.1f}s: fds {before['fds']}->{after['fds']}, "
+    print(f"10,000 cycles ({'redis' if redis else 'memory'}) in {took:.1f}s: fds {before['fds']}->{after['fds']}, "
           f"greenlets {before['greenlets']}->{after['greenlets']}, subscriptions -> {after['subscriptions']}")  # fmt: skip
     assert not errors, errors[:3]
     assert after["streams"] == 0 and after["subscriptions"] == 0 and after["channels"] == 0
     assert after["fds"] <= before["fds"] + 2
     assert after["greenlets"] <= before["greenlets"] + 5
+    if redis is not None:  # Redis agrees: the worker's pub/sub connection subscribes to nothing
+        pubsub = [c for c in redis.client_list() if c["name"].startswith("sse:") and c["cmd"] != "evalsha"]
+        assert sum(int(c["sub"]) for c in pubsub) == 0, pubsub
+        assert len({c["name"] for c in redis.client_list() if c["name"]}) == 1
 
 
 _header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=300)
