@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, Iterator, List, Set
 from urllib.parse import parse_qs, urlparse
 
 import gevent

@@ -336,7 +336,8 @@ def main() -> None:
     hard_deadline = time.monotonic() + args.max_seconds
     stats = Stats(args.clients, args.expect)
     gate = Semaphore(max(1, args.connect_concurrency))
-    greenlets = [gevent.spawn(run_client, i, args, stats, gate) for i in range(args.clients)]
+    for i in range(args.clients):
+        gevent.spawn(run_client, i, args, stats, gate)
 
     stats.all_settled.wait(min(args.connect_timeout, args.max_seconds))
     ready_at = time.time()

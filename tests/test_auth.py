@@ -157,7 +157,7 @@ class User(UserMixin):
 def test_flask_login_session_cookie_identifies_the_user() -> None:
     app = make_app(SSE_REQUIRE_AUTH=True)
     LoginManager(app).user_loader(User)
-    sse = SSE(app)
+    SSE(app)
 
     @app.post("/login")
     def login() -> str:

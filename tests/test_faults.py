@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import Server
 from flask_sse_ext import Publisher
 from redis_server import RedisServer
-from sse_client import RawStream, request
+from sse_client import RawStream
 
 pytestmark = pytest.mark.fault
 
