@@ -39,6 +39,12 @@ class _Stream:
     ``close`` (or, if the server drops the response unread, garbage collection) releases it.
     """
 
+    __slots__ = (
+        "hub", "broker", "channels", "cursor", "retry", "max_age", "environ", "allowed",
+        "client", "positions", "single", "opened", "finished", "stop_watch", "end_reads",
+        "_finalizer", "__weakref__",
+    )  # fmt: skip
+
     def __init__(
         self,
         hub: Hub,
@@ -143,11 +149,9 @@ class _Stream:
         return b"".join(chunks)
 
     def _drain(self) -> bytes:
-        queue = self.client.queue
         positions = self.positions
         out = []
-        while queue:
-            message = queue.popleft()
+        for message in self.hub.take(self.client):
             if message.position <= positions[message.channel]:
                 continue  # already sent by the replay
             positions[message.channel] = message.position
