@@ -110,9 +110,9 @@ class _Stream:
         self.hub.attach(client)
         try:
             self.broker.ready(channels)
-            if self.single and self.cursor is None:
-                # Nothing to replay, and the ids are the events' own: every event from now on
-                # is new to this client (no history read, no round trip to the broker).
+            if self.single and self.cursor is None and self.broker.synchronous:
+                # Nothing to replay, the ids are the events' own, and nothing published before
+                # the subscription can still arrive: every event queued from now on is new.
                 replays = [Replay([], (0, 0), False)]
             else:
                 replays = [self.broker.replay(c, a) for c, a in zip(channels, after)]

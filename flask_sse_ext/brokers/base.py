@@ -102,6 +102,9 @@ class Broker(ABC):
 
     #: How often the broker connected again after losing its transport.
     reconnects = 0
+    #: True when ``publish`` delivers live events itself, before it returns: then nothing
+    #: published before a ``subscribe`` can be delivered after it.
+    synchronous = False
 
     @abstractmethod
     def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:

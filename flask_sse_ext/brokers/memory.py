@@ -30,6 +30,8 @@ class MemoryBroker(Broker):
     before a restart reads as older than this broker's history and is reported as missed.
     """
 
+    synchronous = True
+
     def __init__(self, history_size: int) -> None:
         self.history_size = history_size
         self._lock = threading.Lock()

@@ -94,13 +94,6 @@ end
 return out
 """
 
-# KEYS[1]: the channel's history stream. Returns the id of its newest entry ("0-0" if none).
-_HEAD = """
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #newest == 0 then return '0-0' end
-return newest[1][1]
-"""
-
 _CONNECTION_ERRORS = (RedisError, OSError)
 
 _KEEPALIVE = {
@@ -143,7 +136,6 @@ class RedisBroker(Broker):
         self._poll_timeout: Optional[float] = 0.02 if self.sharded else None
         self._publish = client.register_script(_PUBLISH)
         self._replay = client.register_script(_REPLAY)
-        self._head = client.register_script(_HEAD)
         self._deliver: Optional[Callable[[Message], None]] = None
         self._lost: Optional[Callable[[str], None]] = None
         self._channels: Set[str] = set()
@@ -227,6 +219,9 @@ class RedisBroker(Broker):
             assert position is not None
             event_id = _text(fields[b"i"]) or None
             messages.append(Message(channel, position, event_id, fields[b"b"]))
+        if channel in self._channels:
+            # Where to catch up from if the connection to Redis drops.
+            self._last.setdefault(channel, messages[-1].position if messages else head)
         return Replay(messages, head, bool(reply[1]))
 
     def share_stats(self, process: str, snapshot: str) -> None:
@@ -278,15 +273,6 @@ class RedisBroker(Broker):
             event = self._confirmed.get(channel)
             if event is not None and not event.wait(max(0.0, deadline - time.monotonic())):
                 raise BrokerError(f"Redis did not confirm the subscription to {channel!r}")
-            if channel not in self._last:
-                # Where to catch up from if the connection to Redis drops: read once per channel
-                # and process, since every later event keeps it current.
-                try:
-                    head = parse_position(_text(self._head(keys=[self._history_key(channel)])))
-                except _CONNECTION_ERRORS as exc:
-                    raise BrokerError(f"Redis did not answer for channel {channel!r}: {exc}") from exc
-                if channel in self._channels and head is not None:
-                    self._last.setdefault(channel, head)
 
     def _send(self, command: str, channel: str) -> None:
         pubsub = self._pubsub
@@ -408,10 +394,15 @@ class RedisBroker(Broker):
         """Stop the listener (it closes its own pub/sub connection) and release connections."""
         self._closed = True
         pubsub = self._pubsub
-        if pubsub is not None and pubsub.connection is not None:
-            pubsub.connection.disconnect()  # wakes the listener from its blocking read
+        connection = pubsub.connection if pubsub is not None else None
+        if connection is not None:
+            try:
+                connection.disconnect()  # wakes the listener from its blocking read
+            except Exception:  # the listener may be closing it too
+                pass
         if self._listener is not None and self._listener is not threading.current_thread():
-            self._listener.join(2)
+            # redis-py may try one reconnect (socket_connect_timeout, 5 s) before giving up.
+            self._listener.join(6)
         self.client.close()
         if self.pubsub_client is not self.client:
             self.pubsub_client.close()
