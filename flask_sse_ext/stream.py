@@ -110,10 +110,11 @@ class _Stream:
         self.hub.attach(client)
         try:
             self.broker.ready(channels)
-            if self.single and self.cursor is None and self.broker.synchronous:
-                # Nothing to replay, the ids are the events' own, and nothing published before
-                # the subscription can still arrive: every event queued from now on is new.
-                replays = [Replay([], (0, 0), False)]
+            live = self.broker.live_position(channels[0]) if self.single else None
+            if live is not None and self.cursor is None:
+                # Nothing to replay and the ids are the events' own: start where live delivery
+                # stands, with no history read (no round trip to the broker).
+                replays = [Replay([], live, False)]
             else:
                 replays = [self.broker.replay(c, a) for c, a in zip(channels, after)]
         except BrokerError as exc:

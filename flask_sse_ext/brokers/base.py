@@ -102,9 +102,6 @@ class Broker(ABC):
 
     #: How often the broker connected again after losing its transport.
     reconnects = 0
-    #: True when ``publish`` delivers live events itself, before it returns: then nothing
-    #: published before a ``subscribe`` can be delivered after it.
-    synchronous = False
 
     @abstractmethod
     def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
@@ -131,6 +128,12 @@ class Broker(ABC):
 
         Raises ``BrokerError`` when the event could not be stored and sent.
         """
+
+    def live_position(self, channel: str) -> Optional[Position]:
+        """A position such that every event of ``channel`` after it is still to be delivered
+        live to this process, and none at or before it will be; ``None`` when unknown (then a
+        new stream reads the head with ``replay``)."""
+        return None
 
     @abstractmethod
     def replay(self, channel: str, cursor: Cursor) -> Replay:

@@ -204,6 +204,14 @@ class RedisBroker(Broker):
         assert parsed is not None
         return Message(channel, parsed, id, body)
 
+    def live_position(self, channel: str) -> Optional[Position]:
+        """The last position this process delivered on ``channel``, while it is subscribed and
+        not catching up: later events still come through pub/sub, in order."""
+        confirmed = self._confirmed.get(channel)
+        if self._held is not None or confirmed is None or not confirmed.is_set():
+            return None
+        return self._last.get(channel)
+
     def replay(self, channel: str, cursor: Cursor) -> Replay:
         text = "" if cursor is None else cursor if isinstance(cursor, str) else format_position(cursor)
         try:
