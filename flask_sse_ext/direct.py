@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from flask import Response, copy_current_request_context, has_request_context
 
 from .event import Event, comment, encode_body, retry_line
-from .serving import gevent_active, watch_disconnect
+from .serving import gevent_active, raw_socket, unwatch, watch_disconnect
 
 __all__ = ["END_EVENT", "ERROR_EVENT", "direct_response"]
 
@@ -67,7 +67,8 @@ class _DirectStream:
             self.greenlet = gevent.spawn(produce)
         else:
             threading.Thread(target=produce, name="sse-direct-producer", daemon=True).start()
-        self.stop_watch = watch_disconnect(environ, self._gone)
+        sock = raw_socket(environ)
+        self.watcher = None if sock is None else watch_disconnect(sock, self._gone)
 
     def _gone(self) -> None:
         self.stopped.set()
@@ -137,9 +138,9 @@ class _DirectStream:
 
     def close(self) -> None:
         self.stopped.set()
-        if self.stop_watch is not None:
-            self.stop_watch()
-            self.stop_watch = None
+        if self.watcher is not None:
+            unwatch(self.watcher)
+            self.watcher = None
         if self.greenlet is not None:
             # Raises GreenletExit where the generator waits, so its ``finally`` runs now.
             self.greenlet.kill(block=True, timeout=self.heartbeat)

@@ -143,6 +143,30 @@ def _unavailable(state: _State, exc: BrokerError) -> Response:
     return Response([unavailable(state.settings.retry)], mimetype="text/event-stream", headers=HEADERS)
 
 
+class _Grant:
+    """What an open stream was granted: its channels, its identity's rules, its connection
+    slot (released when it closes)."""
+
+    __slots__ = ("state", "identity", "channels", "handle", "app")
+
+    def __init__(
+        self, state: _State, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
+    ) -> None:
+        self.state = state
+        self.identity = identity
+        self.channels = channels
+        self.handle = handle
+        self.app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def allowed(self, channel: str) -> bool:
+        return allowed(self.state, self.identity, channel)
+
+    def closed(self, reason: Optional[str]) -> None:
+        if self.handle is not None:
+            self.state.limiter.release(self.handle)
+        stream_closed.send(self.app, channels=self.channels, identity=self.identity, reason=reason)
+
+
 def _open(
     state: _State, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
 ) -> Response:
@@ -164,13 +188,7 @@ def _open(
     if identity is not None and identity.expires_at is not None:
         left = identity.expires_at - time.time()
         max_age = left if max_age is None else min(max_age, left)
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-
-    def on_close(reason: Optional[str]) -> None:
-        if handle is not None:
-            state.limiter.release(handle)
-        stream_closed.send(app, channels=channels, identity=identity, reason=reason)
-
+    grant = _Grant(state, identity, channels, handle)
     # From here on the stream's body owns the connection slot: it releases it when it ends.
     response = open_stream(
         state.hub,
@@ -181,8 +199,8 @@ def _open(
         max_age=max_age,
         queue_size=settings.client_queue_size,
         environ=environ,
-        allowed=lambda channel: allowed(state, identity, channel),
-        on_close=on_close,
+        allowed=grant.allowed,
+        on_close=grant.closed,
     )
-    stream_opened.send(app, channels=channels, identity=identity)
+    stream_opened.send(grant.app, channels=channels, identity=identity)
     return response

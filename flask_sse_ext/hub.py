@@ -7,12 +7,14 @@ the browser reconnects with ``Last-Event-ID``), which bounds a worker's memory p
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import weakref
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .brokers.base import Broker, Message
+from .serving import shutdown
 
 __all__ = ["Client", "Hub", "shutdown_all"]
 
@@ -47,7 +49,7 @@ class Client:
     """One open stream's inbox. ``put`` never blocks; the stream drains ``queue`` on ``wake``."""
 
     __slots__ = (
-        "channels", "queue", "wake", "maxsize", "closed", "abort", "stats",
+        "channels", "queue", "wake", "maxsize", "closed", "sock", "stats",
         "active", "quiet_since", "beat_due", "deadline",
     )  # fmt: skip
 
@@ -55,12 +57,14 @@ class Client:
         self,
         channels: Tuple[str, ...],
         maxsize: int,
-        abort: Optional[Callable[[], None]] = None,
+        sock: Optional[socket.socket] = None,
         stats: Optional[Stats] = None,
     ) -> None:
         self.channels = channels
         # A list, not a deque: an empty deque costs 600 bytes, and the stream takes the whole
-        # list at once (``Hub.take``), under the lock that ``put`` runs under.
+        # list at once (``Hub.take``), under the lock that ``put`` runs under. It lives as long
+        # as the client: a fresh list per event would outlive young garbage collections and,
+        # with thousands of clients, trigger a full collection every few dozen events.
         self.queue: List[Message] = []
         # Looked up at call time: under gevent's monkey patching this is gevent's Event.
         self.wake = threading.Event()
@@ -68,8 +72,9 @@ class Client:
         #: ``None`` while open, else why it must end (``lagged``, ``gone``, ``shutdown``,
         #: ``resync``, ``expired``).
         self.closed: Optional[str] = None
-        #: Called when the client lags, to unblock a write stuck on a reader that stopped.
-        self.abort = abort
+        #: The connection, shut down when the client lags: that unblocks a write stuck on a
+        #: reader that stopped.
+        self.sock = sock
         self.stats = stats
         #: Heartbeat bookkeeping, kept by the hub's ticker: the stream sets ``active`` when it
         #: writes; the ticker sets ``beat_due`` after a heartbeat interval without writes.
@@ -86,8 +91,8 @@ class Client:
             self.close(LAGGED)
             if self.stats is not None:
                 self.stats.lagged += 1
-            if self.abort is not None:
-                self.abort()
+            if self.sock is not None:
+                shutdown(self.sock, socket.SHUT_RDWR)
             return
         self.queue.append(message)
         self.wake.set()
@@ -154,7 +159,9 @@ class Hub:
     def take(self, client: Client) -> List[Message]:
         """Everything queued for ``client``, oldest first, leaving its queue empty."""
         with self._lock:
-            taken, client.queue = client.queue, []
+            queue = client.queue
+            taken = queue[:]
+            queue.clear()
         return taken
 
     def deliver(self, message: Message) -> None:
@@ -165,7 +172,9 @@ class Hub:
                     client.put(message)
 
     def _tick(self) -> None:
-        period = min(self.heartbeat / 2, 0.5)
+        # Heartbeats and deadlines are kept to within a second: a scan of every client costs
+        # a few milliseconds per 10,000 streams.
+        period = min(self.heartbeat / 2, 1.0)
         while True:
             time.sleep(period)
             now = time.monotonic()

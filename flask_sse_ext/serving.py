@@ -16,9 +16,10 @@ from typing import Any, Callable, Dict, Optional, Set
 
 __all__ = [
     "gevent_active",
+    "raw_socket",
     "watch_disconnect",
-    "socket_abort",
-    "socket_end_reads",
+    "unwatch",
+    "shutdown",
     "check_server",
     "sibling_workers",
 ]
@@ -33,71 +34,56 @@ def gevent_active() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
-def _raw_socket(environ: Dict[str, Any]) -> Any:
+def raw_socket(environ: Dict[str, Any]) -> Optional[socket.socket]:
+    """The connection's socket under gunicorn's gevent worker, else ``None``.
+
+    gevent's socket wraps a non-blocking ``_socket.socket`` that is not tied to the hub: it can
+    be watched, peeked at and shut down from any greenlet without blocking.
+    """
     sock = environ.get("gunicorn.socket")
-    # gevent's socket wraps a non-blocking ``_socket.socket`` that is not tied to the hub.
     return getattr(sock, "_sock", None) if gevent_active() else None
 
 
-def watch_disconnect(
-    environ: Dict[str, Any], on_gone: Callable[[], None]
-) -> Optional[Callable[[], None]]:
-    """Call ``on_gone`` as soon as the connection is closed by the peer.
-
-    Returns a function that stops watching, or ``None`` where the server offers no socket.
-    """
-    raw = _raw_socket(environ)
-    if raw is None:
-        return None
+def watch_disconnect(sock: socket.socket, on_gone: Callable[..., None], *args: Any) -> Any:
+    """Call ``on_gone(*args)`` as soon as the peer closes ``sock``; returns the watcher, for
+    ``unwatch``. No greenlet and no closure: one libev watcher per connection."""
     import gevent
 
-    watcher = gevent.get_hub().loop.io(raw.fileno(), 1)
-
-    def readable() -> None:
-        try:
-            data = raw.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        watcher.stop()
-        # Bytes from the client belong to the server (a pipelined request): leave them be.
-        if not data:
-            on_gone()
-
-    def stop() -> None:
-        watcher.stop()
-        watcher.close()
-
-    watcher.start(readable)
-    return stop
+    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+    watcher.start(_readable, watcher, sock, on_gone, *args)
+    return watcher
 
 
-def _shutdown(environ: Dict[str, Any], how: int) -> Optional[Callable[[], None]]:
-    raw = _raw_socket(environ)
-    if raw is None:
-        return None
-
-    def shutdown() -> None:
-        try:
-            raw.shutdown(how)
-        except OSError:
-            pass
-
-    return shutdown
-
-
-def socket_abort(environ: Dict[str, Any]) -> Optional[Callable[[], None]]:
-    """A function that shuts the connection down, unblocking a write to a client that stopped
-    reading; ``None`` where the server offers no socket."""
-    return _shutdown(environ, socket.SHUT_RDWR)
+def _readable(watcher: Any, sock: socket.socket, on_gone: Callable[..., None], *args: Any) -> None:
+    try:
+        data = sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    watcher.stop()  # drops the callback and its arguments
+    # Bytes from the client belong to the server (a pipelined request): leave them be.
+    if not data:
+        on_gone(*args)
 
 
-def socket_end_reads(environ: Dict[str, Any]) -> Optional[Callable[[], None]]:
-    """A function that stops reading from the connection, so the server closes it once the
-    response is complete: the browser's reconnect then opens a new connection (to a live
-    worker) instead of reusing this one. ``None`` where the server offers no socket."""
-    return _shutdown(environ, socket.SHUT_RD)
+def unwatch(watcher: Any) -> None:
+    """Stop a ``watch_disconnect`` watcher for good."""
+    watcher.stop()
+    watcher.close()
+
+
+def shutdown(sock: socket.socket, how: int) -> None:
+    """``sock.shutdown(how)``, ignoring a connection that is already gone.
+
+    ``SHUT_RDWR`` unblocks a write stuck on a client that stopped reading; ``SHUT_RD`` makes
+    the server close the connection once the response is complete, so the browser's reconnect
+    opens a new one (to a live worker) instead of reusing this one.
+    """
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
 
 
 def _warn_once(key: str, message: str) -> None:

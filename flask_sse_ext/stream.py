@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import heapq
 import logging
+import socket
+import sys
 import threading
 import time
-import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from flask import Response
@@ -15,7 +16,7 @@ from .brokers.base import Broker, BrokerError, Message, Position, Replay, format
 from .cursor import decode_compound, encode_compound
 from .event import comment, encode_body, frame, retry_line
 from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, Client, Hub
-from .serving import socket_abort, socket_end_reads, watch_disconnect
+from .serving import raw_socket, shutdown, unwatch, watch_disconnect
 
 __all__ = ["MISSED_EVENT", "HEADERS", "open_stream", "unavailable"]
 
@@ -37,12 +38,14 @@ class _Stream:
     """The response body. Its first chunk subscribes, replays and carries the ``retry:`` hint;
     every later one is everything that was waiting, or a heartbeat. It owns all it holds:
     ``close`` (or, if the server drops the response unread, garbage collection) releases it.
+
+    A worker holds thousands of these, so each holds as few objects as it can: no closures,
+    no finalizer object (every extra object per stream is work for each full collection).
     """
 
     __slots__ = (
-        "hub", "broker", "channels", "cursor", "retry", "max_age", "environ", "allowed",
-        "client", "positions", "single", "opened", "finished", "stop_watch", "end_reads",
-        "_finalizer", "__weakref__",
+        "hub", "broker", "channels", "cursor", "retry", "max_age", "allowed", "on_close",
+        "client", "positions", "single", "opened", "finished", "sock", "watcher", "released",
     )  # fmt: skip
 
     def __init__(
@@ -65,16 +68,16 @@ class _Stream:
         self.cursor = cursor
         self.retry = retry
         self.max_age = max_age
-        self.environ = environ
         self.allowed = allowed
-        self.client = Client(channels, queue_size, socket_abort(environ), hub.stats)
+        self.on_close = on_close
+        self.sock = raw_socket(environ)
+        self.client = Client(channels, queue_size, self.sock, hub.stats)
         self.positions: Dict[str, Position] = {}
         self.single = len(channels) == 1
         self.opened = False
         self.finished = False
-        self.stop_watch: Optional[Callable[[], None]] = None
-        self.end_reads = socket_end_reads(environ)
-        self._finalizer = weakref.finalize(self, _release_later, hub, self.client, on_close)
+        self.watcher: Any = None
+        self.released = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -88,8 +91,8 @@ class _Stream:
             if self.finished or client.closed in _ENDS_AT_ONCE:
                 raise StopIteration
             if client.closed == SHUTDOWN and not client.queue:
-                if self.end_reads is not None:
-                    self.end_reads()
+                if self.sock is not None:
+                    shutdown(self.sock, socket.SHUT_RD)
                 raise StopIteration
             client.wake.wait()
             client.wake.clear()
@@ -144,7 +147,8 @@ class _Stream:
         for channel, replay in zip(channels, replays):
             positions[channel] = replay.head
             self.hub.stats.replayed += len(replay.messages)
-        self.stop_watch = watch_disconnect(self.environ, lambda: client.close(GONE))
+        if self.sock is not None:
+            self.watcher = watch_disconnect(self.sock, client.close, GONE)
         if self.max_age is not None:
             client.deadline = time.monotonic() + self.max_age
         return b"".join(chunks)
@@ -164,18 +168,21 @@ class _Stream:
         return frame(message.body, encode_compound(list(self.positions.values())))
 
     def close(self) -> None:
-        if self.stop_watch is not None:
-            self.stop_watch()
-            self.stop_watch = None
-        owned = self._finalizer.detach()
-        if owned is not None:
-            _release(*owned[2])
+        if self.watcher is not None:
+            unwatch(self.watcher)
+            self.watcher = None
+        if not self.released:
+            self.released = True
+            _release(self.hub, self.client, self.on_close)
 
-
-def _release_later(*owned: Any) -> None:
-    """A response dropped unsent was collected: release what it held, from a fresh thread (a
-    greenlet under gevent), since collection may run while this one holds the hub's lock."""
-    threading.Thread(target=_release, args=owned, name="sse-release", daemon=True).start()
+    def __del__(self) -> None:
+        if not self.released and not sys.is_finalizing():
+            # Dropped unsent and collected: release what it held, from a fresh thread (a
+            # greenlet under gevent), since collection may run while this one holds the hub's
+            # lock.
+            self.released = True
+            args = (self.hub, self.client, self.on_close)
+            threading.Thread(target=_release, args=args, name="sse-release", daemon=True).start()
 
 
 def _release(hub: Hub, client: Client, on_close: Optional[Callable[[Optional[str]], None]]) -> None:

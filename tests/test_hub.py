@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import List
+import socket
+
+import pytest
 
 from flask_sse_ext.brokers.memory import MemoryBroker
 from flask_sse_ext.hub import LAGGED, SHUTDOWN, Client, Hub
@@ -33,17 +35,25 @@ def test_subscribe_on_first_client_unsubscribe_on_last() -> None:
     assert broker.subscriptions == 0 and hub.client_count == 0
 
 
-def test_full_queue_cuts_the_client_and_calls_abort() -> None:
-    aborted: List[bool] = []
+def test_full_queue_cuts_the_client_and_shuts_its_connection_down() -> None:
+    server_side, peer = socket.socketpair()
+    with server_side, peer:
+        _cut_when_full(server_side, peer)
+
+
+def _cut_when_full(server_side: socket.socket, peer: socket.socket) -> None:
     broker = MemoryBroker(10)
     hub = Hub(broker)
-    slow = Client(("c",), 3, abort=lambda: aborted.append(True))
+    slow = Client(("c",), 3, sock=server_side)
     fast = Client(("c",), 100)
     hub.attach(slow)
     hub.attach(fast)
     for i in range(5):
         broker.publish("c", b"data: %d\n" % i)
-    assert slow.closed == LAGGED and aborted == [True]
+    assert slow.closed == LAGGED
+    assert peer.recv(1) == b""  # the peer sees the end of the connection
+    with pytest.raises(OSError):
+        server_side.send(b"x")  # and a write stuck on it would fail at once
     assert len(slow.queue) == 3  # bounded: nothing more was kept for it
     assert len(fast.queue) == 5 and fast.closed is None
 
