@@ -161,8 +161,9 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    """A redis-server of this test's own, which the test may stop and restart."""
-    srv = RedisServer()
+    """A redis-server of this test's own, which the test may stop and restart: it keeps its
+    data across a restart (append-only file), as a production Redis does."""
+    srv = RedisServer("--appendonly", "yes", "--appendfsync", "always")
     yield srv
     srv.cleanup()
 

@@ -147,6 +147,33 @@ def test_redis_restart_while_publishing_loses_nothing(
           f"each of 10 open streams got all {len(sent)} once, in order, without reconnecting")  # fmt: skip
 
 
+@pytest.mark.fault
+def test_redis_back_without_its_data_makes_streams_resync(start_server: Any, prefix: str) -> None:
+    """A Redis that comes back empty (no persistence) lost the history the streams' cursors
+    point into: they end, and a reconnect with Last-Event-ID hears of the gap."""
+    volatile = RedisServer()  # no persistence: a restart empties it
+    try:
+        server: Server = start_server(config=redis_config(volatile, prefix))
+        stream = connect(server, "channel=v")
+        publisher = Publisher(volatile.url, prefix=prefix)
+        try:
+            for n in range(3):
+                publisher.publish(str(n), id=f"v{n}", channel="v")
+        finally:
+            publisher.close()
+        assert [e.last_event_id for e in stream.events(3)] == ["v0", "v1", "v2"]
+        volatile.stop()
+        volatile.start()
+        stream.body(timeout=15)  # reads until the response ends, or times out
+        assert stream.ended
+        again = connect(server, "channel=v", **{"Last-Event-ID": "v2"})
+        [missed] = again.events(1)
+        assert missed.type == "sse.missed" and json.loads(missed.data) == {"channels": ["v"]}
+        again.close()
+    finally:
+        volatile.cleanup()
+
+
 def test_app_starts_and_streams_recover_while_redis_is_down(
     start_server: Any, own_redis: RedisServer, prefix: str
 ) -> None:

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -131,9 +132,6 @@ class RedisBroker(Broker):
         self.history_ttl = history_ttl
         self.max_backoff = max_backoff
         self.sharded = isinstance(client, redis.RedisCluster)
-        # A cluster's sharded pub/sub is polled node by node: keep each poll short. One Redis
-        # is read with a plain blocking read: no poll object or timer per message.
-        self._poll_timeout: Optional[float] = 0.02 if self.sharded else None
         self._publish = client.register_script(_PUBLISH)
         self._replay = client.register_script(_REPLAY)
         self._deliver: Optional[Callable[[Message], None]] = None
@@ -141,7 +139,7 @@ class RedisBroker(Broker):
         self._channels: Set[str] = set()
         self._confirmed: Dict[str, Any] = {}
         self._last: Dict[str, Position] = {}
-        self._pubsub: Any = None
+        self._link: Optional[_Link] = None
         self._connected = threading.Event()
         # While catching up after a reconnect, live messages wait here so none overtakes
         # an older one from history (a stream drops what is older than what it has sent).
@@ -283,41 +281,41 @@ class RedisBroker(Broker):
                 raise BrokerError(f"Redis did not confirm the subscription to {channel!r}")
 
     def _send(self, command: str, channel: str) -> None:
-        pubsub = self._pubsub
-        if pubsub is None:
+        link = self._link
+        if link is None:
             return  # the listener subscribes every channel when it connects
-        name = self._pubsub_channel(channel)
         try:
-            if self.sharded:
-                getattr(pubsub, "s" + command)(name)
-            else:
-                getattr(pubsub, command)(name)
+            link.send(command, self._pubsub_channel(channel))
         except _CONNECTION_ERRORS as exc:
             logger.info("Redis pub/sub %s of %r deferred to reconnect: %s", command, channel, exc)
+
+    def _connect(self) -> _Link:
+        if self.sharded:
+            return _ShardedLink(self.pubsub_client)
+        return _PlainLink(self.pubsub_client.connection_pool)
 
     def _listen(self) -> None:
         backoff = 0.1
         first = True
         while not self._closed:
-            pubsub = self.pubsub_client.pubsub()
+            link: Optional[_Link] = None
             try:
                 for event in list(self._confirmed.values()):
                     event.clear()
                 self._held = None if first else []
-                # Connect first; once ``_pubsub`` is set, ``subscribe`` sends its own command,
+                # Connect first; once ``_link`` is set, ``subscribe`` sends its own command,
                 # and every channel subscribed before that is in the list read next.
-                pubsub.ping()
-                self._pubsub = pubsub
+                link = self._connect()
+                self._link = link
                 self._connected.set()
                 channels = list(self._channels)
                 if channels:
-                    names = [self._pubsub_channel(c) for c in channels]
-                    (pubsub.ssubscribe if self.sharded else pubsub.subscribe)(*names)
+                    link.send("subscribe", *(self._pubsub_channel(c) for c in channels))
                 if not first:
                     self.reconnects += 1
                     logger.warning("Reconnected to Redis; catching up %d channels", len(channels))
                 backoff = 0.1
-                self._read(pubsub)
+                self._read(link)
             except Exception as exc:  # the listener must outlive anything Redis sends it
                 if self._closed:
                     break
@@ -326,32 +324,23 @@ class RedisBroker(Broker):
                 backoff = min(backoff * 2, self.max_backoff)
             finally:
                 self._connected.clear()
-                self._pubsub = None
+                self._link = None
                 first = False
-                try:
-                    pubsub.close()
-                except Exception:  # closing a connection that close() already cut
-                    pass
+                if link is not None:
+                    link.close()
 
-    def _read(self, pubsub: Any) -> None:
-        get = pubsub.get_sharded_message if self.sharded else pubsub.get_message
-        timeout = self._poll_timeout
+    def _read(self, link: _Link) -> None:
+        confirmed = self._confirmed
         while not self._closed:
-            if self._held is not None and all(
-                event.is_set() for event in list(self._confirmed.values())
-            ):
+            if self._held is not None and all(event.is_set() for event in list(confirmed.values())):
                 self._catch_up()
-            # Not subscribed to anything yet: wait for that a second at a time.
-            reply = get(timeout=timeout if pubsub.subscribed else 1.0)
-            if reply is None:
-                continue
-            kind = _text(reply["type"])
-            if kind in ("message", "smessage"):
-                self._on_payload(self._channel_of(_text(reply["channel"])), reply["data"])
-            elif kind in ("subscribe", "ssubscribe"):
-                event = self._confirmed.get(self._channel_of(_text(reply["channel"])))
-                if event is not None:
-                    event.set()
+            for kind, name, data in link.read():
+                if kind == b"message" or kind == b"smessage":
+                    self._on_payload(self._channel_of(name.decode("utf-8")), data)
+                elif kind == b"subscribe" or kind == b"ssubscribe":
+                    event = confirmed.get(self._channel_of(name.decode("utf-8")))
+                    if event is not None:
+                        event.set()
 
     def _on_payload(self, channel: str, payload: bytes) -> None:
         head, _, body = payload.partition(b"\n")
@@ -380,12 +369,10 @@ class RedisBroker(Broker):
             last = self._last.get(channel)
             if last is None:
                 continue
-            try:
-                replay = self.replay(channel, last)
-            except BrokerError as exc:
-                replay = None
-                logger.warning("Could not catch up channel %r: %s", channel, exc)
-            if replay is None or replay.missed:
+            # A Redis that cannot answer yet (still loading its data after a restart) raises
+            # here: the listener reconnects after its backoff and catches up again.
+            replay = self.replay(channel, last)
+            if replay.missed:
                 # History no longer reaches back to what this process delivered last: its
                 # streams reconnect and replay (or hear of the gap) from their own cursors.
                 assert self._lost is not None
@@ -401,19 +388,101 @@ class RedisBroker(Broker):
     def close(self) -> None:
         """Stop the listener (it closes its own pub/sub connection) and release connections."""
         self._closed = True
-        pubsub = self._pubsub
-        connection = pubsub.connection if pubsub is not None else None
-        if connection is not None:
-            try:
-                connection.disconnect()  # wakes the listener from its blocking read
-            except Exception:  # the listener may be closing it too
-                pass
+        link = self._link
+        if link is not None:
+            link.close()  # wakes the listener from its blocking read
         if self._listener is not None and self._listener is not threading.current_thread():
             # redis-py may try one reconnect (socket_connect_timeout, 5 s) before giving up.
             self._listener.join(6)
         self.client.close()
         if self.pubsub_client is not self.client:
             self.pubsub_client.close()
+
+
+class _Link:
+    """The pub/sub connection as the listener uses it: ``read`` blocks until replies arrive and
+    returns them as ``[kind, channel, data]`` lists, kind and channel in bytes."""
+
+    def send(self, command: str, *channels: str) -> None:
+        raise NotImplementedError
+
+    def read(self) -> List[List[Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _PlainLink(_Link):
+    """One Redis server's pub/sub connection, parsed with hiredis straight off the socket.
+
+    redis-py makes the connection (TLS, AUTH, the client name, keepalive) and sends the
+    commands; its ``PubSub`` reader is left out: per message, it costs several times what
+    the fan-out to the streams does.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        # RESP2, whatever the URL asks for: pub/sub replies are then plain arrays.
+        self.connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+        self.connection.connect()
+        self.sock = self.connection._sock
+        # Reads wait as long as the connection is quiet; TCP keepalive finds a dead one.
+        self.sock.settimeout(None)
+        self.reader = hiredis.Reader()
+        self.buffer = memoryview(bytearray(65536))
+        self.lock = threading.Lock()  # one command at a time on the socket
+
+    def send(self, command: str, *channels: str) -> None:
+        with self.lock:
+            self.connection.send_command(command.upper(), *channels, check_health=False)
+
+    def read(self) -> List[List[Any]]:
+        size = self.sock.recv_into(self.buffer)
+        if not size:
+            raise ConnectionError("Redis closed the pub/sub connection")
+        self.reader.feed(self.buffer, 0, size)  # type: ignore[arg-type]  # any buffer works
+        replies: List[List[Any]] = []
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return replies
+            if isinstance(reply, hiredis.ReplyError):
+                raise reply
+            replies.append(reply)
+
+    def close(self) -> None:
+        try:
+            self.connection.disconnect()
+        except Exception:  # closing a connection that the other side already cut
+            pass
+
+
+class _ShardedLink(_Link):
+    """A Redis Cluster's sharded pub/sub through redis-py, which holds a connection per shard
+    and is polled shard by shard, briefly each time."""
+
+    def __init__(self, client: Any) -> None:
+        self.pubsub = client.pubsub()
+        self.pubsub.ping()
+
+    def send(self, command: str, *channels: str) -> None:
+        getattr(self.pubsub, "s" + command)(*channels)
+
+    def read(self) -> List[List[Any]]:
+        reply = self.pubsub.get_sharded_message(timeout=0.02 if self.pubsub.subscribed else 1.0)
+        if reply is None:
+            return []
+        return [[_bytes(reply["type"]), _bytes(reply["channel"]), reply["data"]]]
+
+    def close(self) -> None:
+        try:
+            self.pubsub.close()
+        except Exception:  # closing a connection that the other side already cut
+            pass
+
+
+def _bytes(value: Union[bytes, str]) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
 
 
 # KEYS[1]: the cap's sorted set. ARGV: now, lease expiry, member, limit. Returns 1 if admitted.
