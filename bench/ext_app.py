@@ -2,11 +2,14 @@
 
 With ``BENCH_REDIS_URL`` set it uses the Redis broker (target ``ext-redis``; the bench
 publishes with ``flask_sse_ext.Publisher`` straight into Redis), else the in-process broker
-(target ``ext-memory``; the bench publishes through ``POST /publish``). Everything else is
-the extension's defaults.
+(target ``ext-memory``), which only code in the worker can reach: the bench hands the worker
+a schedule (``POST /series``) and a background greenlet publishes it, as an app's own job
+would. Everything else is the extension's defaults.
 """
 
 import os
+import threading
+import time
 
 from flask import Flask, jsonify, request
 
@@ -16,6 +19,7 @@ app = Flask(__name__)
 if os.environ.get("BENCH_REDIS_URL"):
     app.config["SSE_REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
 sse = SSE(app)
+_series = {"done": threading.Event(), "calls": [], "errors": {}}
 
 
 @app.post("/publish")
@@ -23,6 +27,42 @@ def publish():  # type: ignore[no-untyped-def]
     body = request.get_json()
     event_id = sse.publish(body["data"], channel=body.get("channel", "sse"))
     return jsonify(id=event_id)
+
+
+@app.post("/series")
+def start_series():  # type: ignore[no-untyped-def]
+    """Publish ``schedule`` (``[[seconds from now, channel, seq], ...]``) from a background
+    greenlet; each event's data is ``E<seq> <time.time()> <pad>``."""
+    body = request.get_json()
+    _series.update(done=threading.Event(), calls=[], errors={})
+    threading.Thread(target=_publish_series, args=(body["schedule"], body["pad"]), daemon=True).start()
+    return jsonify(started=True)
+
+
+@app.get("/series")
+def series_result():  # type: ignore[no-untyped-def]
+    """Wait until the series is published; its publish call durations (seconds) and errors."""
+    _series["done"].wait(float(request.args.get("timeout", "600")))
+    return jsonify(done=_series["done"].is_set(), calls=_series["calls"], errors=_series["errors"])
+
+
+def _publish_series(schedule, pad):  # type: ignore[no-untyped-def]
+    calls, errors = _series["calls"], _series["errors"]
+    with app.app_context():
+        t0 = time.monotonic()
+        for offset, channel, seq in schedule:
+            delay = t0 + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            data = "E%d %.6f %s" % (seq, time.time(), pad)
+            t = time.perf_counter()
+            try:
+                sse.publish(data, channel=channel)
+            except Exception as exc:  # counted and reported, as the bench does for the others
+                kind = f"{type(exc).__name__}: {str(exc)[:80]}"
+                errors[kind] = errors.get(kind, 0) + 1
+            calls.append(time.perf_counter() - t)
+    _series["done"].set()
 
 
 @app.get("/ping")

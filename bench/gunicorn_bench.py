@@ -1,15 +1,33 @@
 """gunicorn settings shared by every bench target (``-c bench/gunicorn_bench.py``).
 
-Only one knob, for experiments: ``BENCH_GC_THRESHOLD=N`` (``run.py --gc-threshold N``) sets
-the worker's ``gc.set_threshold(N)`` after the fork; unset, Python's default (700) applies, as
-in a real deployment.
+Two knobs, for experiments: ``BENCH_GC_THRESHOLD=N`` (``run.py --gc-threshold N``) sets the
+worker's ``gc.set_threshold(N)`` after the fork; unset, Python's default (700) applies, as in a
+real deployment. ``BENCH_GC_LOG=1`` (``run.py --gc-log``) prints every garbage collection of
+the worker that took over 1 ms, and every full one, to the server log, which ``run.py`` keeps
+in its JSON: a long full collection stalls every stream of the worker at once.
 """
 
 import gc
 import os
+import sys
+import time
 
 
 def post_fork(server, worker):  # type: ignore[no-untyped-def]
     threshold = os.environ.get("BENCH_GC_THRESHOLD")
     if threshold:
         gc.set_threshold(int(threshold))
+    if os.environ.get("BENCH_GC_LOG"):
+        gc.callbacks.append(_log_collection)
+
+
+_started = [0.0]
+
+
+def _log_collection(phase, info):  # type: ignore[no-untyped-def]
+    if phase == "start":
+        _started[0] = time.perf_counter()
+        return
+    ms = (time.perf_counter() - _started[0]) * 1000
+    if ms > 1 or info["generation"] == 2:
+        print(f"gc gen{info['generation']} {ms:.1f} ms at {time.time():.3f}", file=sys.stderr, flush=True)

@@ -50,6 +50,7 @@ class Stats:
         self.unexpected = 0  # events with our format but a sequence out of range
         self.other_events = 0  # events that are not ours (for example sse.missed)
         self.latencies = array("d")
+        self.event_max = array("d", [0.0]) * expect  # slowest delivery of each event
         self.first_delivery = 0.0
         self.cpu_at_first_delivery = 0.0
         self.last_delivery = 0.0
@@ -225,7 +226,10 @@ class Client:
                 stats.duplicates += 1
                 continue
             self.seen[seq] = 1
-            stats.latencies.append(now - stamp)
+            latency = now - stamp
+            stats.latencies.append(latency)
+            if latency > stats.event_max[seq]:
+                stats.event_max[seq] = latency
             if not stats.first_delivery:
                 stats.first_delivery = now
                 stats.cpu_at_first_delivery = _cpu()
@@ -407,6 +411,11 @@ def main() -> None:
             "max": lat[-1] if lat else float("nan"),
             "mean": (sum(lat) / len(lat)) if lat else float("nan"),
         },
+        # The events whose last delivery came latest: one slow fan-out shows here.
+        "slowest_events": [
+            {"seq": seq, "max_s": stats.event_max[seq]}
+            for seq in sorted(range(args.expect), key=lambda i: stats.event_max[i], reverse=True)[:5]
+        ],
         "first_delivery": stats.first_delivery or None,
         "last_delivery": stats.last_delivery or None,
         "start": started,

@@ -22,6 +22,7 @@ import queue
 import re
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -247,7 +248,10 @@ TARGETS: Dict[str, Target] = {
 
 
 class HttpPublisher:
-    """POST /publish to the worker (the in-process broker can only be reached there)."""
+    """The in-process broker can only be reached in the worker: ``publish`` is ``POST
+    /publish`` (the warm-up uses it); a scenario's events are published by ``series``, from a
+    greenlet in the worker (``bench/ext_app.py``), so that no HTTP handling is counted as the
+    cost of delivery."""
 
     def __init__(self, port: int, redis_url: str) -> None:
         self.port = port
@@ -271,6 +275,24 @@ class HttpPublisher:
                 self.close()
                 if attempt:
                     raise
+
+    def series(self, schedule: List[Tuple[float, str, int]], pad: str) -> Tuple[List[float], Dict[str, int]]:
+        """Publish ``schedule`` in the worker; the call durations (s) and errors it saw."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=900)
+        try:
+            conn.request("POST", "/series", json.dumps({"schedule": schedule, "pad": pad}),
+                         {"Content-Type": "application/json"})  # fmt: skip
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise RuntimeError(f"POST /series: HTTP {resp.status}: {resp.read()[:200]!r}")
+            resp.read()
+            conn.request("GET", "/series?timeout=600")
+            result = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        if not result["done"]:
+            raise RuntimeError("the worker did not finish publishing the series")
+        return result["calls"], result["errors"]
 
     def close(self) -> None:
         if self.conn is not None:
@@ -349,7 +371,8 @@ def _gunicorn_args() -> List[str]:
 
 
 class Server:
-    def __init__(self, target: Target, redis_url: str, gc_threshold: Optional[int] = None) -> None:
+    def __init__(self, target: Target, redis_url: str, gc_threshold: Optional[int] = None,
+                 gc_log: bool = False) -> None:
         self.target = target
         self.port = free_port()
         fd, log = tempfile.mkstemp(prefix=f"bench-{target.name}-", suffix=".log")
@@ -358,8 +381,11 @@ class Server:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(ROOT), env.get("PYTHONPATH", "")])
         env.pop("BENCH_GC_THRESHOLD", None)
+        env.pop("BENCH_GC_LOG", None)
         if gc_threshold:
             env["BENCH_GC_THRESHOLD"] = str(gc_threshold)
+        if gc_log:
+            env["BENCH_GC_LOG"] = "1"
         if target.uses_redis:
             env["BENCH_REDIS_URL"] = redis_url
         else:
@@ -419,8 +445,11 @@ class Server:
             _EXTRA_PIDS.remove(self.worker)
         text = self.log()
         self.log_path.unlink(missing_ok=True)
+        gc_lines = [line for line in text.splitlines() if line.startswith("gc ")]
         tracebacks = text.count("Traceback (most recent call last)")
         info: Dict[str, Any] = {"tracebacks": tracebacks}
+        if gc_lines:
+            info["gc_log"] = gc_lines
         if tracebacks:
             start = text.find("Traceback (most recent call last)")
             info["first_traceback"] = text[start : start + 1500]
@@ -476,6 +505,7 @@ class Scenario:
     events: int = 0  # per channel
     rate: Optional[float] = None  # events per second; None: back to back
     counts: Tuple[int, ...] = ()  # redis-clients: client counts to measure
+    rounds: int = 1  # each round runs every target once, in a rotated order
 
     def describe(self) -> str:
         if self.kind == "fanout":
@@ -502,25 +532,32 @@ def build_scenarios(args: argparse.Namespace) -> List[Scenario]:
         + [f"private-{private_n}", f"burst-{burst_n}", "redis-clients"]
     )
     out: List[Scenario] = []
-    for name in names:
-        if name == "fanout":
-            out += [Scenario(f"fanout-{n}", "fanout", n, events, args.rate) for n in fanout_counts]
-            continue
-        if name == "redis-clients":
-            out.append(Scenario(name, "redis-clients", counts=counts))
-            continue
+    for name in _scenario_names(names, fanout_counts):
         kind, _, n_text = name.rpartition("-")
         if not kind:
             kind, n_text = name, str({"private": private_n, "burst": burst_n}.get(name, 0))
+        if name == "redis-clients":
+            out.append(Scenario(name, "redis-clients", counts=counts))
+            continue
         if kind not in ("fanout", "private", "burst") or not n_text.isdigit():
             raise SystemExit(f"unknown scenario {name!r}: use fanout[-N], private[-N], burst[-N], redis-clients")
         n = int(n_text)
+        rounds = args.rounds if n <= 1000 else args.rounds_large
+        if rounds is None:
+            rounds = 1 if quick else 3 if n <= 1000 else 1
         if kind == "fanout":
-            out.append(Scenario(f"fanout-{n}", kind, n, events, args.rate))
+            out.append(Scenario(f"fanout-{n}", kind, n, events, args.rate, rounds=rounds))
         elif kind == "private":
-            out.append(Scenario(f"private-{n}", kind, n, 1, args.private_rate))
+            out.append(Scenario(f"private-{n}", kind, n, 1, args.private_rate, rounds=rounds))
         else:
-            out.append(Scenario(f"burst-{n}", kind, n, args.burst_events))
+            out.append(Scenario(f"burst-{n}", kind, n, args.burst_events, rounds=rounds))
+    return out
+
+
+def _scenario_names(names: List[str], fanout_counts: List[int]) -> List[str]:
+    out: List[str] = []
+    for name in names:
+        out += [f"fanout-{n}" for n in fanout_counts] if name == "fanout" else [name]
     return out
 
 
@@ -609,14 +646,15 @@ def _pct(values: List[float], q: float) -> Optional[float]:
 class Profiler:
     """py-spy record on the worker for the publish phase (raw collapsed stacks)."""
 
-    def __init__(self, pid: int, out: Path) -> None:
+    def __init__(self, pid: int, out: Path, native: bool = False) -> None:
         self.out = out
         exe = shutil.which("py-spy")
         if exe is None:
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
         self.proc = _popen(
             [exe, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out),
-             "--nonblocking", "-d", "600"],
+             # --native sees into C extensions (gevent's loop) but must pause the worker.
+             "-d", "600", *(["--native"] if native else ["--nonblocking"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(0.5)
@@ -656,15 +694,15 @@ def summarize_profile(path: Path, top: int = 25) -> Dict[str, Any]:
 
 
 def run_stream_scenario(sc: Scenario, target: Target, redis_server: RedisServer,
-                        args: argparse.Namespace, stamp: str) -> Dict[str, Any]:  # fmt: skip
-    res: Dict[str, Any] = {"scenario": sc.name, "target": target.name, "ok": True}
+                        args: argparse.Namespace, stamp: str, round_: int) -> Dict[str, Any]:  # fmt: skip
+    res: Dict[str, Any] = {"scenario": sc.name, "target": target.name, "round": round_, "ok": True}
     redis_server.admin.flushall()
     server: Optional[Server] = None
     publisher = None
     loadgen: Optional[LoadGen] = None
     profiler: Optional[Profiler] = None
     try:
-        server = Server(target, redis_server.url, args.gc_threshold)
+        server = Server(target, redis_server.url, args.gc_threshold, args.gc_log)
         publisher = PUBLISHERS[target.publisher](server.port, redis_server.url)
         warm_up(server, publisher)
         time.sleep(0.3)
@@ -696,7 +734,8 @@ def run_stream_scenario(sc: Scenario, target: Target, redis_server: RedisServer,
         # -- publish phase ------------------------------------------------------------------
         if target.name in args.profile:
             try:
-                profiler = Profiler(server.worker, RESULTS / f"{stamp}-profile-{target.name}-{sc.name}.txt")
+                out = RESULTS / f"{stamp}-profile-{target.name}-{sc.name}-{round_ + 1}.txt"
+                profiler = Profiler(server.worker, out, args.native)
             except Exception as exc:
                 res["profile"] = {"error": str(exc)}
         pad = "x" * max(0, args.payload - 30)
@@ -722,24 +761,22 @@ def run_stream_scenario(sc: Scenario, target: Target, redis_server: RedisServer,
                     raise RuntimeError("50 publish calls failed in a row") from exc
             lat.append(time.perf_counter() - t)
 
+        if sc.kind == "fanout":
+            schedule = [(seq / sc.rate, PAGE_CHANNEL, seq) for seq in range(sc.events)]  # type: ignore[operator]
+        elif sc.kind == "burst":
+            schedule = [(0.0, PAGE_CHANNEL, seq) for seq in range(sc.events)]
+        else:
+            schedule = [(i / sc.rate, f"{PRIVATE_PREFIX}{i}", 0) for i in range(sc.clients)]  # type: ignore[operator]
         try:
-            if sc.kind == "fanout":
-                t0 = time.monotonic()
-                for seq in range(sc.events):
-                    delay = t0 + seq / sc.rate - time.monotonic()  # type: ignore[operator]
-                    if delay > 0:
-                        time.sleep(delay)
-                    publish(PAGE_CHANNEL, seq)
-            elif sc.kind == "burst":
-                for seq in range(sc.events):
-                    publish(PAGE_CHANNEL, seq)
+            if hasattr(publisher, "series"):
+                lat, errors = publisher.series(schedule, pad)
             else:
                 t0 = time.monotonic()
-                for i in range(sc.clients):
-                    delay = t0 + i / sc.rate - time.monotonic()  # type: ignore[operator]
+                for offset, channel, seq in schedule:
+                    delay = t0 + offset - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                    publish(f"{PRIVATE_PREFIX}{i}", 0)
+                    publish(channel, seq)
         except RuntimeError as exc:
             res["publish_aborted"] = str(exc)
         publish_end = time.time()
@@ -879,14 +916,16 @@ def _ratio(a: Any, b: Any) -> str:
     return "-"
 
 
-def _errors_text(r: Dict[str, Any]) -> str:
+def _errors(r: Dict[str, Any]) -> int:
     n = sum(r.get("loadgen_errors", {}).values()) + sum(r.get("publish_errors", {}).values())
-    n += r.get("server", {}).get("tracebacks", 0)
-    return str(n)
+    return int(n + r.get("server", {}).get("tracebacks", 0))
 
+
+#: Rows summed over rounds; every other row shows the median of its rounds.
+SUMMED = ("delivered/expected", "errors (client+publish+server)")
 
 ROWS: List[Tuple[str, Callable[[Dict[str, Any]], Any]]] = [
-    ("delivered/expected", lambda r: f"{r['delivered']:,}/{r['expected']:,}" if "delivered" in r else None),
+    ("delivered/expected", lambda r: (r["delivered"], r["expected"]) if "delivered" in r else None),
     ("delivered %", lambda r: 100.0 * r["delivered"] / r["expected"] if r.get("expected") else None),
     ("latency p50 ms", lambda r: r.get("latency_ms", {}).get("p50")),
     ("latency p95 ms", lambda r: r.get("latency_ms", {}).get("p95")),
@@ -901,23 +940,50 @@ ROWS: List[Tuple[str, Callable[[Dict[str, Any]], Any]]] = [
     ("accept N conns s", lambda r: r.get("accept_s")),
     ("publish call p50 ms", lambda r: r.get("publish_ms", {}).get("p50")),
     ("publish call p99 ms", lambda r: r.get("publish_ms", {}).get("p99")),
-    ("errors (client+publish+server)", lambda r: _errors_text(r) if "delivered" in r else None),
+    ("errors (client+publish+server)", lambda r: _errors(r) if "delivered" in r else None),
     ("loadgen busy % (deliveries)", lambda r: r.get("loadgen_busy_pct")),
 ]
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _combine(label: str, values: List[Any]) -> Any:
+    """One cell from a row's values over the rounds: a sum or a median, or ``FAIL``."""
+    if not values:
+        return None
+    if any(v == "FAIL" for v in values):
+        return "FAIL"
+    if label in SUMMED:
+        if all(isinstance(v, tuple) for v in values):
+            return f"{sum(v[0] for v in values):,}/{sum(v[1] for v in values):,}"
+        return sum(v for v in values if _number(v)) if any(_number(v) for v in values) else None
+    numbers = [v for v in values if _number(v)]
+    return statistics.median(numbers) if numbers else None
+
+
+def _ratio_of_rounds(a: List[Any], b: List[Any]) -> str:
+    """The median over rounds of ``a / b``, each ratio taken within one round."""
+    ratios = [x / y for x, y in zip(a, b) if _number(x) and _number(y) and y]
+    return f"{statistics.median(ratios):.2f}x" if ratios else "-"
+
+
 def render_table(scenarios: List[Scenario], targets: List[str], runs: List[Dict[str, Any]]) -> str:
-    by = {(r["scenario"], r["target"]): r for r in runs}
+    by: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for r in sorted(runs, key=lambda r: r.get("round", 0)):
+        by.setdefault((r["scenario"], r["target"]), []).append(r)
     ratios = [(t, "floor") for t in ("ext-memory", "ext-redis") if t in targets and "floor" in targets]
     header = ["metric", *targets, *[f"{a}/floor" for a, _ in ratios]]
     rows: List[List[str]] = []
     for sc in scenarios:
-        rows.append([f"== {sc.name}: {sc.describe()}"])
+        rounds = f"; median of {sc.rounds} rounds" if sc.rounds > 1 else ""
+        rows.append([f"== {sc.name}: {sc.describe()}{rounds}"])
         if sc.kind == "redis-clients":
             for n in sc.counts:
                 vals = []
                 for t in targets:
-                    r = by.get((sc.name, t), {})
+                    r = (by.get((sc.name, t)) or [{}])[0]
                     if r.get("ok") is None:
                         vals.append("n/a")
                     elif not r.get("ok"):
@@ -926,23 +992,22 @@ def render_table(scenarios: List[Scenario], targets: List[str], runs: List[Dict[
                         vals.append(r["counts"].get(str(n), {}).get("redis_clients"))
                 raw = dict(zip(targets, vals))
                 rows.append([f"Redis clients/worker @{n}", *map(fmt, vals),
-                             *[_ratio(raw[a], raw[b]) for a, b in ratios]])  # fmt: skip
+                             *[_ratio_of_rounds([raw[a]], [raw[b]]) for a, b in ratios]])  # fmt: skip
             continue
         for label, get in ROWS:
-            raw = {}
+            per_round: Dict[str, List[Any]] = {}
             for t in targets:
-                r = by.get((sc.name, t))
-                if r is None:
-                    raw[t] = None
-                elif not r.get("ok"):
-                    raw[t] = "FAIL"
-                else:
+                values = per_round[t] = []
+                for r in by.get((sc.name, t), []):
+                    if not r.get("ok"):
+                        values.append("FAIL")
+                        continue
                     try:
-                        raw[t] = get(r)
+                        values.append(get(r))
                     except (KeyError, TypeError):
-                        raw[t] = None
-            rows.append([label, *[fmt(raw[t]) for t in targets],
-                         *[_ratio(raw[a], raw[b]) for a, b in ratios]])  # fmt: skip
+                        values.append(None)
+            rows.append([label, *[fmt(_combine(label, per_round[t])) for t in targets],
+                         *[_ratio_of_rounds(per_round[a], per_round[b]) for a, b in ratios]])  # fmt: skip
     widths = [max(len(header[i]), *(len(r[i]) for r in rows if len(r) > 1)) for i in range(len(header))]
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     lines.append("  ".join("-" * w for w in widths))
@@ -975,7 +1040,7 @@ def failures_text(runs: List[Dict[str, Any]]) -> str:
             if c.get("errors"):
                 problems.append(f"@{n}: client errors {c['errors']}")
         if problems:
-            out.append(f"  {r['scenario']} / {r['target']}: " + "; ".join(problems))
+            out.append(f"  {r['scenario']} / {r['target']} round {r.get('round', 0) + 1}: " + "; ".join(problems))
     return "\n".join(out)
 
 
@@ -985,7 +1050,7 @@ def profile_text(runs: List[Dict[str, Any]]) -> str:
         prof = r.get("profile")
         if not prof:
             continue
-        out.append(f"  {r['scenario']} / {r['target']}: {prof.get('samples', 0)} samples, {prof.get('file', prof.get('error'))}")
+        out.append(f"  {r['scenario']} / {r['target']} round {r.get('round', 0) + 1}: {prof.get('samples', 0)} samples, {prof.get('file', prof.get('error'))}")
         for name, pct in prof.get("self_pct", [])[:12]:
             out.append(f"    self {pct:5.1f}%  {name}")
     return "\n".join(out)
@@ -1049,8 +1114,14 @@ def main() -> None:
                    type=lambda s: [x for x in s.split(",") if x], metavar="TARGETS",
                    help="py-spy these workers (default: the ext-* ones) during the publish phase;"
                         " it perturbs their numbers")
+    p.add_argument("--native", action="store_true", help="with --profile: py-spy --native (pauses the worker)")
+    p.add_argument("--gc-log", action="store_true",
+                   help="log the worker's garbage collections over 1 ms (and every full one) into the JSON")
     p.add_argument("--gc-threshold", type=int, default=None,
                    help="experiment: gc.set_threshold(N) in every worker (default: Python's 700)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of scenarios with at most 1,000 clients (default 3; 1 with --quick)")
+    p.add_argument("--rounds-large", type=int, default=None, help="rounds of larger scenarios (default 1)")
     p.add_argument("--no-install", action="store_true", help="do not pip-install bench/requirements.txt")
     args = p.parse_args()
     for t in args.targets:
@@ -1078,18 +1149,23 @@ def main() -> None:
             "targets": args.targets,
         }  # fmt: skip
         for sc in scenarios:
-            for name in args.targets:
-                t0 = time.monotonic()
-                print(f"[{time.monotonic() - started:6.0f}s] {sc.name} / {name} ...", file=sys.stderr, flush=True)
-                target = TARGETS[name]
-                if sc.kind == "redis-clients":
-                    r = run_redis_clients(sc, target, redis_server)
-                else:
-                    r = run_stream_scenario(sc, target, redis_server, args, stamp)
-                r["wall_s"] = time.monotonic() - t0
-                runs.append(r)
-                if r.get("ok") is False:
-                    print(f"         failed: {r.get('failure', '')[:300]}", file=sys.stderr, flush=True)
+            for round_ in range(sc.rounds):
+                # Each round rotates the order, so no target always runs first or last.
+                shift = round_ % len(args.targets)
+                for name in args.targets[shift:] + args.targets[:shift]:
+                    t0 = time.monotonic()
+                    label = f"{sc.name} / {name}" + (f" (round {round_ + 1}/{sc.rounds})" if sc.rounds > 1 else "")
+                    print(f"[{time.monotonic() - started:6.0f}s] {label} ...", file=sys.stderr, flush=True)
+                    target = TARGETS[name]
+                    if sc.kind == "redis-clients":
+                        r = run_redis_clients(sc, target, redis_server)
+                    else:
+                        r = run_stream_scenario(sc, target, redis_server, args, stamp, round_)
+                    r["round"] = round_
+                    r["wall_s"] = time.monotonic() - t0
+                    runs.append(r)
+                    if r.get("ok") is False:
+                        print(f"         failed: {r.get('failure', '')[:300]}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("interrupted: saving what ran", file=sys.stderr)
     finally:
