@@ -173,3 +173,26 @@ def test_redis_catch_up_that_cannot_reach_back_resyncs(redis_server, prefix: str
     finally:
         broker.close()
         other.close()
+
+
+def test_redis_new_subscription_knows_its_live_position_without_a_history_read(
+    redis_server, prefix: str  # type: ignore[no-untyped-def]
+) -> None:
+    """The listener reads the heads of newly confirmed channels in one batch, so a new stream
+    with no cursor starts where live delivery stands without a history read of its own."""
+    broker = RedisBroker.from_url(redis_server.url, prefix=prefix)
+    got: List[Message] = []
+    try:
+        broker.start(got.append, lambda channel: None)
+        before = [broker.publish(c, b"data: old\n") for c in ("a", "b")]
+        for channel in ("a", "b", "empty"):
+            broker.subscribe(channel)
+        broker.ready(["a", "b", "empty"])
+        assert broker.live_position("a") == before[0].position
+        assert broker.live_position("b") == before[1].position
+        assert broker.live_position("empty") == (0, 0)
+        after = broker.publish("a", b"data: new\n")
+        wait_for(lambda: len(got) == 1)
+        assert _same(got, [after]) and broker.live_position("a") == after.position
+    finally:
+        broker.close()

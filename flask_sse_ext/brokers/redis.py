@@ -95,6 +95,21 @@ end
 return out
 """
 
+# KEYS: history streams. Returns each one's newest position ("0-0" where there is none).
+_HEADS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = '0-0'
+  if redis.call('EXISTS', key) == 1 then
+    local info = redis.call('XINFO', 'STREAM', key)
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then out[i] = info[j + 1] end
+    end
+  end
+end
+return out
+"""
+
 _CONNECTION_ERRORS = (RedisError, OSError)
 
 _KEEPALIVE = {
@@ -134,6 +149,7 @@ class RedisBroker(Broker):
         self.sharded = isinstance(client, redis.RedisCluster)
         self._publish = client.register_script(_PUBLISH)
         self._replay = client.register_script(_REPLAY)
+        self._heads = client.register_script(_HEADS)
         self._deliver: Optional[Callable[[Message], None]] = None
         self._lost: Optional[Callable[[str], None]] = None
         self._channels: Set[str] = set()
@@ -203,8 +219,9 @@ class RedisBroker(Broker):
         return Message(channel, parsed, id, body)
 
     def live_position(self, channel: str) -> Optional[Position]:
-        """The last position this process delivered on ``channel``, while it is subscribed and
-        not catching up: later events still come through pub/sub, in order."""
+        """The last position this process delivered on ``channel`` (or its head when it was
+        subscribed), while it is subscribed and not catching up: later events still come
+        through pub/sub, in order."""
         confirmed = self._confirmed.get(channel)
         if self._held is not None or confirmed is None or not confirmed.is_set():
             return None
@@ -334,13 +351,42 @@ class RedisBroker(Broker):
         while not self._closed:
             if self._held is not None and all(event.is_set() for event in list(confirmed.values())):
                 self._catch_up()
+            fresh: List[str] = []
             for kind, name, data in link.read():
                 if kind == b"message" or kind == b"smessage":
+                    if fresh:
+                        self._confirm(fresh)  # no later message may pass a head read after it
+                        fresh = []
                     self._on_payload(self._channel_of(name.decode("utf-8")), data)
                 elif kind == b"subscribe" or kind == b"ssubscribe":
-                    event = confirmed.get(self._channel_of(name.decode("utf-8")))
-                    if event is not None:
-                        event.set()
+                    channel = self._channel_of(name.decode("utf-8"))
+                    if channel in self._last or self.sharded:
+                        self._confirm([channel])
+                    else:
+                        fresh.append(channel)
+            if fresh:
+                self._confirm(fresh)
+
+    def _confirm(self, channels: List[str]) -> None:
+        """Tell the streams waiting in ``ready`` that ``channels`` are subscribed. A channel new
+        to this process first gets its history's head as its live position, read here for a
+        whole batch of subscriptions in one round trip: a new stream then opens at once, with
+        no history read of its own (see ``live_position``)."""
+        fresh = [c for c in channels if c not in self._last]
+        if fresh and not self.sharded:  # a cluster's keys are on several shards: no batch
+            try:
+                heads = self._heads(keys=[self._history_key(c) for c in fresh])
+            except _CONNECTION_ERRORS as exc:
+                logger.warning("Could not read the heads of %d channels: %s", len(fresh), exc)
+            else:
+                for channel, head in zip(fresh, heads):
+                    position = parse_position(_text(head))
+                    if position is not None and channel in self._channels:
+                        self._last.setdefault(channel, position)
+        for channel in channels:
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.set()
 
     def _on_payload(self, channel: str, payload: bytes) -> None:
         head, _, body = payload.partition(b"\n")
