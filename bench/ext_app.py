@@ -51,9 +51,9 @@ def _publish_series(schedule, pad):  # type: ignore[no-untyped-def]
     with app.app_context():
         t0 = time.monotonic()
         for offset, channel, seq in schedule:
-            delay = t0 + offset - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            # Sleeps till the event is due, or at least yields (sleep(0)), as a cooperative
+            # job does: a loop that never yields would hold back every stream of the worker.
+            time.sleep(max(0.0, t0 + offset - time.monotonic()))
             data = "E%d %.6f %s" % (seq, time.time(), pad)
             t = time.perf_counter()
             try:
