@@ -94,8 +94,12 @@ class Client:
             if self.sock is not None:
                 shutdown(self.sock, socket.SHUT_RDWR)
             return
-        self.queue.append(message)
-        self.wake.set()
+        queue = self.queue
+        queue.append(message)
+        if len(queue) == 1:
+            # Set by the first put since the stream last took its queue: a stream clears the
+            # event before it takes, so later puts find it set, or their messages taken.
+            self.wake.set()
 
     def close(self, reason: str) -> None:
         if self.closed is None:
