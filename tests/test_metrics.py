@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from conftest import Server
 from sse_client import RawStream, request
@@ -26,19 +26,26 @@ def test_metrics_sum_every_worker(start_server: Any, redis_server: Any, prefix: 
                 "SSE_METRICS_PATH": "/metrics"},
         workers=3,
     )  # fmt: skip
-    streams = []
-    for i in range(30):
-        stream = RawStream(server.port, f"/stream?channel=m{i % 3}")
-        stream.opening()
-        streams.append(stream)
+    # A stream lands on whichever worker accepts first: open them ten at a time until at least
+    # two workers hold some (a worker shares its counters from its first stream on).
+    streams: List[RawStream] = []
+    deadline = time.monotonic() + 20
+    while len(streams) < 30 or scrape(server).get("sse_processes", 0) < 2:
+        assert time.monotonic() < deadline and len(streams) < 300, "every stream went to one worker"
+        first = len(streams)
+        batch = [RawStream(server.port, f"/stream?channel=m{i % 3}") for i in range(first, first + 10)]
+        for stream in batch:
+            stream.opening()
+        streams += batch
     for i in range(3):
         server.publish(data="x", channel=f"m{i}")
     for stream in streams:
         stream.events(1)
+    total = len(streams)
     deadline = time.monotonic() + 20
     while True:  # each worker shares its counters every few seconds
         values = scrape(server)
-        if values.get("sse_streams") == 30 and values.get("sse_delivered_total") == 30:
+        if values.get("sse_streams") == total and values.get("sse_delivered_total") == total:
             break
         assert time.monotonic() < deadline, values
         time.sleep(0.5)
