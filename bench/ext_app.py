@@ -51,9 +51,11 @@ def _publish_series(schedule, pad):  # type: ignore[no-untyped-def]
     with app.app_context():
         t0 = time.monotonic()
         for offset, channel, seq in schedule:
-            # Sleeps till the event is due, or at least yields (sleep(0)), as a cooperative
-            # job does: a loop that never yields would hold back every stream of the worker.
-            time.sleep(max(0.0, t0 + offset - time.monotonic()))
+            # Events already due go out back to back, as a job that fell behind sends them;
+            # the streams run while it sleeps.
+            delay = t0 + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             data = "E%d %.6f %s" % (seq, time.time(), pad)
             t = time.perf_counter()
             try:

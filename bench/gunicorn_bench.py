@@ -1,6 +1,7 @@
 """gunicorn settings shared by every bench target (``-c bench/gunicorn_bench.py``).
 
-Two knobs, for experiments: ``BENCH_GC_THRESHOLD=N`` (``run.py --gc-threshold N``) sets the
+The flask_sse_ext targets run with the hook the project's ``gunicorn.conf.py`` installs
+(``flask_sse_ext.gunicorn.post_worker_init``), as a user deploys them. Two knobs, for experiments: ``BENCH_GC_THRESHOLD=N`` (``run.py --gc-threshold N``) sets the
 worker's ``gc.set_threshold(N)`` after the fork; unset, Python's default (700) applies, as in a
 real deployment. ``BENCH_GC_LOG=1`` (``run.py --gc-log``) prints every garbage collection of
 the worker that took over 1 ms, and every full one, to the server log, which ``run.py`` keeps
@@ -11,6 +12,13 @@ import gc
 import os
 import sys
 import time
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    if os.environ.get("BENCH_EXT_HOOK"):  # flask_sse_ext targets: as the project's gunicorn.conf.py
+        from flask_sse_ext.gunicorn import post_worker_init as ext_hook
+
+        ext_hook(worker)
 
 
 def post_fork(server, worker):  # type: ignore[no-untyped-def]

@@ -372,7 +372,7 @@ def _gunicorn_args() -> List[str]:
 
 class Server:
     def __init__(self, target: Target, redis_url: str, gc_threshold: Optional[int] = None,
-                 gc_log: bool = False) -> None:
+                 gc_log: bool = False, workers: int = 1) -> None:
         self.target = target
         self.port = free_port()
         fd, log = tempfile.mkstemp(prefix=f"bench-{target.name}-", suffix=".log")
@@ -386,12 +386,15 @@ class Server:
             env["BENCH_GC_THRESHOLD"] = str(gc_threshold)
         if gc_log:
             env["BENCH_GC_LOG"] = "1"
+        env.pop("BENCH_EXT_HOOK", None)
+        if target.name.startswith("ext-"):
+            env["BENCH_EXT_HOOK"] = "1"
         if target.uses_redis:
             env["BENCH_REDIS_URL"] = redis_url
         else:
             env.pop("BENCH_REDIS_URL", None)
         cmd = [
-            sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+            sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
             "-b", f"127.0.0.1:{self.port}", "--worker-connections", "30000",
             "--backlog", "4096", "--graceful-timeout", "2", "--timeout", "120",
             "--log-level", "warning", "-c", str(BENCH / "gunicorn_bench.py"),
@@ -399,20 +402,21 @@ class Server:
         ]  # fmt: skip
         with open(self.log_path, "wb") as logf:
             self.proc = _popen(cmd, cwd=BENCH, env=env, stdout=logf, stderr=subprocess.STDOUT)
-        self.worker = self._find_worker()
-        _EXTRA_PIDS.append(self.worker)
+        self.workers = self._find_workers(workers)
+        self.worker = self.workers[0]
+        _EXTRA_PIDS.extend(self.workers)
         self._wait_port()
 
-    def _find_worker(self) -> int:
+    def _find_workers(self, count: int) -> List[int]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.log()[-2000:]}")
             kids = children(self.proc.pid)
-            if kids:
-                return kids[0]
+            if len(kids) >= count:
+                return kids[:count]
             time.sleep(0.05)
-        raise RuntimeError("gunicorn started no worker")
+        raise RuntimeError(f"gunicorn started fewer than {count} workers")
 
     def _wait_port(self) -> None:
         deadline = time.monotonic() + 30
@@ -440,9 +444,10 @@ class Server:
 
     def stop(self) -> Dict[str, Any]:
         _stop(self.proc, wait=8)
-        _kill_pid(self.worker)
-        if self.worker in _EXTRA_PIDS:
-            _EXTRA_PIDS.remove(self.worker)
+        for pid in self.workers:
+            _kill_pid(pid)
+            if pid in _EXTRA_PIDS:
+                _EXTRA_PIDS.remove(pid)
         text = self.log()
         self.log_path.unlink(missing_ok=True)
         gc_lines = [line for line in text.splitlines() if line.startswith("gc ")]
@@ -506,11 +511,13 @@ class Scenario:
     rate: Optional[float] = None  # events per second; None: back to back
     counts: Tuple[int, ...] = ()  # redis-clients: client counts to measure
     rounds: int = 1  # each round runs every target once, in a rotated order
+    workers: int = 1  # gunicorn workers of the server
 
     def describe(self) -> str:
         if self.kind == "fanout":
+            workers = f", {self.workers} workers" if self.workers > 1 else ""
             return (f"{self.clients} clients, 1 channel, {self.events} events at "
-                    f"{self.rate:g}/s")  # fmt: skip
+                    f"{self.rate:g}/s{workers}")  # fmt: skip
         if self.kind == "private":
             return (f"{self.clients} clients on {self.clients} channels, 1 event each, "
                     f"{self.rate:g} events/s")  # fmt: skip
@@ -529,24 +536,28 @@ def build_scenarios(args: argparse.Namespace) -> List[Scenario]:
     counts = tuple(args.redis_counts or ([1, 100] if quick else [1, 100, 1000]))
     names = args.scenarios or (
         [f"fanout-{n}" for n in fanout_counts]
-        + [f"private-{private_n}", f"burst-{burst_n}", "redis-clients"]
+        + [f"private-{private_n}", f"burst-{burst_n}", f"workers-{burst_n}", "redis-clients"]
     )
     out: List[Scenario] = []
     for name in _scenario_names(names, fanout_counts):
         kind, _, n_text = name.rpartition("-")
         if not kind:
-            kind, n_text = name, str({"private": private_n, "burst": burst_n}.get(name, 0))
+            kind, n_text = name, str({"private": private_n, "burst": burst_n, "workers": burst_n}.get(name, 0))
         if name == "redis-clients":
             out.append(Scenario(name, "redis-clients", counts=counts))
             continue
-        if kind not in ("fanout", "private", "burst") or not n_text.isdigit():
-            raise SystemExit(f"unknown scenario {name!r}: use fanout[-N], private[-N], burst[-N], redis-clients")
+        if kind not in ("fanout", "private", "burst", "workers") or not n_text.isdigit():
+            raise SystemExit(f"unknown scenario {name!r}: use fanout[-N], private[-N], burst[-N], "
+                             "workers[-N], redis-clients")
         n = int(n_text)
         rounds = args.rounds if n <= 1000 else args.rounds_large
         if rounds is None:
             rounds = 1 if quick else 3 if n <= 1000 else 1
         if kind == "fanout":
             out.append(Scenario(f"fanout-{n}", kind, n, events, args.rate, rounds=rounds))
+        elif kind == "workers":
+            out.append(Scenario(f"workers-{n}", "fanout", n, events, args.rate, rounds=rounds,
+                                workers=args.workers))  # fmt: skip
         elif kind == "private":
             out.append(Scenario(f"private-{n}", kind, n, 1, args.private_rate, rounds=rounds))
         else:
@@ -702,11 +713,12 @@ def run_stream_scenario(sc: Scenario, target: Target, redis_server: RedisServer,
     loadgen: Optional[LoadGen] = None
     profiler: Optional[Profiler] = None
     try:
-        server = Server(target, redis_server.url, args.gc_threshold, args.gc_log)
+        server = Server(target, redis_server.url, args.gc_threshold, args.gc_log, sc.workers)
         publisher = PUBLISHERS[target.publisher](server.port, redis_server.url)
-        warm_up(server, publisher)
+        for _ in range(3 * sc.workers):  # each worker most likely served one
+            warm_up(server, publisher)
         time.sleep(0.3)
-        rss0 = rss_kib(server.worker)
+        rss0 = sum(rss_kib(pid) for pid in server.workers)
         expected_total = sc.clients * sc.events
         drain = args.drain if args.drain is not None else max(5.0, min(45.0, expected_total / 15000))
         connect_timeout = 60 + sc.clients / 200
@@ -726,10 +738,12 @@ def run_stream_scenario(sc: Scenario, target: Target, redis_server: RedisServer,
         res["accept_s"] = accept_s
         res["ready_streams"] = ready["ready"]
         time.sleep(1.0 if sc.clients >= 1000 else 0.5)  # let the worker settle before measuring
-        rss1 = rss_kib(server.worker)
+        rss1 = sum(rss_kib(pid) for pid in server.workers)
         res["rss_kib"] = {"idle_0": rss0, "idle_n": rss1}
         res["rss_per_conn_kib"] = (rss1 - rss0) / sc.clients
-        res["redis_clients"] = redis_server.clients_of(server.worker) if target.uses_redis else None
+        # With several workers: the most any one of them holds.
+        res["redis_clients"] = (max(redis_server.clients_of(pid) for pid in server.workers)
+                                if target.uses_redis else None)  # fmt: skip
 
         # -- publish phase ------------------------------------------------------------------
         if target.name in args.profile:
@@ -741,8 +755,8 @@ def run_stream_scenario(sc: Scenario, target: Target, redis_server: RedisServer,
         pad = "x" * max(0, args.payload - 30)
         lat: List[float] = []
         errors: Dict[str, int] = {}
-        cpu0 = cpu_seconds(server.worker)
-        cpu0_precise = cpu_seconds_precise(server.worker)
+        cpu0 = sum(cpu_seconds(pid) for pid in server.workers)
+        cpu0_precise = sum(cpu_seconds_precise(pid) for pid in server.workers)
         first_publish = time.time()
         consecutive = 0
 
@@ -782,8 +796,8 @@ def run_stream_scenario(sc: Scenario, target: Target, redis_server: RedisServer,
         publish_end = time.time()
         loadgen.done()
         result = loadgen.next("result", max_seconds + 30)
-        cpu1 = cpu_seconds(server.worker)
-        cpu1_precise = cpu_seconds_precise(server.worker)
+        cpu1 = sum(cpu_seconds(pid) for pid in server.workers)
+        cpu1_precise = sum(cpu_seconds_precise(pid) for pid in server.workers)
         if profiler is not None:
             res["profile"] = profiler.stop()
             profiler = None
@@ -955,6 +969,8 @@ def _combine(label: str, values: List[Any]) -> Any:
         return None
     if any(v == "FAIL" for v in values):
         return "FAIL"
+    if all(v == "n/a" for v in values):
+        return "n/a"
     if label in SUMMED:
         if all(isinstance(v, tuple) for v in values):
             return f"{sum(v[0] for v in values):,}/{sum(v[1] for v in values):,}"
@@ -999,6 +1015,9 @@ def render_table(scenarios: List[Scenario], targets: List[str], runs: List[Dict[
             for t in targets:
                 values = per_round[t] = []
                 for r in by.get((sc.name, t), []):
+                    if r.get("ok") is None:
+                        values.append("n/a")
+                        continue
                     if not r.get("ok"):
                         values.append("FAIL")
                         continue
@@ -1106,6 +1125,7 @@ def main() -> None:
     p.add_argument("--private-rate", type=float, default=2000.0,
                    help="private scenario: events per second, one per channel (default 2000)")
     p.add_argument("--burst-events", type=int, default=100)
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers of the workers-N scenario (default 2)")
     p.add_argument("--redis-counts", type=lambda s: [int(x) for x in s.split(",") if x])
     p.add_argument("--payload", type=int, default=100, help="event data size in bytes (>= 30)")
     p.add_argument("--drain", type=float, default=None,
@@ -1157,6 +1177,10 @@ def main() -> None:
                     label = f"{sc.name} / {name}" + (f" (round {round_ + 1}/{sc.rounds})" if sc.rounds > 1 else "")
                     print(f"[{time.monotonic() - started:6.0f}s] {label} ...", file=sys.stderr, flush=True)
                     target = TARGETS[name]
+                    if sc.workers > 1 and not target.uses_redis:
+                        runs.append({"scenario": sc.name, "target": name, "round": round_, "ok": None,
+                                     "skipped": "the in-process broker reaches one process only"})
+                        continue
                     if sc.kind == "redis-clients":
                         r = run_redis_clients(sc, target, redis_server)
                     else:
