@@ -390,10 +390,12 @@ class RedisBroker(Broker):
 
     def _on_payload(self, channel: str, payload: bytes) -> None:
         head, _, body = payload.partition(b"\n")
-        position_text, _, event_id = head.partition(b" ")
-        position = parse_position(position_text.decode())
+        position_bytes, _, event_id = head.partition(b" ")
+        position_text = position_bytes.decode()
+        position = parse_position(position_text)
         if position is not None:
-            self._on_message(Message(channel, position, event_id.decode("utf-8") or None, body))
+            # With no publisher's id, the event's id is its position as Redis wrote it.
+            self._on_message(Message(channel, position, event_id.decode("utf-8") or position_text, body))
 
     def _on_message(self, message: Message) -> None:
         channel = message.channel
