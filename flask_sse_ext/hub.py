@@ -173,13 +173,7 @@ class Hub:
             clients = self._clients.get(message.channel)
             if clients:
                 for client in clients:
-                    queue = client.queue
-                    if client.closed is None and len(queue) < client.maxsize:
-                        queue.append(message)  # ``put``, inlined: this runs per client per event
-                        if len(queue) == 1:
-                            client.wake.set()
-                    else:
-                        client.put(message)
+                    client.put(message)
 
     def _tick(self) -> None:
         # Heartbeats and deadlines are kept to within a second: a scan of every client costs

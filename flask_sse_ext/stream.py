@@ -154,22 +154,12 @@ class _Stream:
         return b"".join(chunks)
 
     def _drain(self) -> bytes:
-        messages = self.hub.take(self.client)
         positions = self.positions
         out = []
-        if self.single:
-            channel = self.channels[0]
-            last = positions[channel]
-            for message in messages:
-                if message.position > last:  # else: already sent (by the replay, or a catch-up)
-                    last = message.position
-                    out.append(message.frame)
-            positions[channel] = last
-        else:
-            for message in messages:
-                if message.position > positions[message.channel]:
-                    positions[message.channel] = message.position
-                    out.append(self._multi_frame(message))
+        for message in self.hub.take(self.client):
+            if message.position > positions[message.channel]:  # else sent by a replay or catch-up
+                positions[message.channel] = message.position
+                out.append(message.frame if self.single else self._multi_frame(message))
         self.hub.stats.delivered += len(out)
         return out[0] if len(out) == 1 else b"".join(out)
 

@@ -351,21 +351,17 @@ class RedisBroker(Broker):
         while not self._closed:
             if self._held is not None and all(event.is_set() for event in list(confirmed.values())):
                 self._catch_up()
-            fresh: List[str] = []
+            subscribed: List[str] = []
             for kind, name, data in link.read():
                 if kind == b"message" or kind == b"smessage":
-                    if fresh:
-                        self._confirm(fresh)  # no later message may pass a head read after it
-                        fresh = []
+                    if subscribed:
+                        self._confirm(subscribed)  # no later message may pass a head read after it
+                        subscribed = []
                     self._on_payload(self._channel_of(name.decode("utf-8")), data)
                 elif kind == b"subscribe" or kind == b"ssubscribe":
-                    channel = self._channel_of(name.decode("utf-8"))
-                    if channel in self._last or self.sharded:
-                        self._confirm([channel])
-                    else:
-                        fresh.append(channel)
-            if fresh:
-                self._confirm(fresh)
+                    subscribed.append(self._channel_of(name.decode("utf-8")))
+            if subscribed:
+                self._confirm(subscribed)
 
     def _confirm(self, channels: List[str]) -> None:
         """Tell the streams waiting in ``ready`` that ``channels`` are subscribed. A channel new
