@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["Settings", "DEFAULTS", "load_settings", "validate_channel", "CHANNEL_PATTERN"]
+__all__ = [
+    "Settings",
+    "DEFAULTS",
+    "load_settings",
+    "validate_channel",
+    "CHANNEL_PATTERN",
+    "SENTINEL_SCHEMES",
+    "parse_sentinel_url",
+]
 
 #: Channel names: 1 to 200 of letters, digits and ``-_.:@/``.
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_\-.:@/]{1,200}")
@@ -16,6 +25,8 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_REDIS_URL": None,
     "SSE_REDIS_CLUSTER": False,
     "SSE_REDIS_PREFIX": "sse",
+    "SSE_REDIS_MIN_REPLICAS": 0,
+    "SSE_REDIS_REPLICA_TIMEOUT": 1.0,
     "SSE_HISTORY_TTL": 86400,
     "SSE_RETRY": 3000,
     "SSE_HEARTBEAT_INTERVAL": 15.0,
@@ -50,6 +61,8 @@ class Settings:
     redis_url: Optional[str]
     redis_cluster: bool
     redis_prefix: str
+    redis_min_replicas: int
+    redis_replica_timeout: float
     history_ttl: int
     retry: int
     heartbeat_interval: float
@@ -87,9 +100,49 @@ def _url_prefix(key: str, value: Any) -> str:
     return value.rstrip("/") or "/"
 
 
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
+
+
+def parse_sentinel_url(url: str) -> Tuple[List[Tuple[str, int]], str, Dict[str, Any]]:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db][?query]``
+    to the sentinels' addresses, the service name and the primary's connection options
+    (``password``, ``username``, ``db``, and ``ssl`` for ``rediss+sentinel``). Raises ``ValueError``."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"Sentinel URL {url!r}: each sentinel must be host:port, got {item!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"Sentinel URL {url!r}: the path must be /<service name>[/<db>]")
+    options: Dict[str, Any] = {"db": int(path[1]) if len(path) == 2 else 0}
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if password:
+            options["password"] = unquote(password)
+    options["ssl"] = parts.scheme.startswith("rediss")
+    for name, values in parse_qs(parts.query).items():
+        raise ValueError(f"Sentinel URL {url!r}: unknown option {name!r}={values[0]!r}")
+    return sentinels, path[0], options
+
+
 def _redis_url(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{key} must be a redis://, rediss:// or unix:// URL, got {value!r}")
+    if not isinstance(value, str) or not value.startswith(_REDIS_SCHEMES):
+        raise ValueError(
+            f"{key} must be a redis://, rediss:// or unix:// URL, or "
+            f"redis+sentinel://host:port[,host:port...]/<service>[/<db>], got {value!r}"
+        )
+    if value.startswith(SENTINEL_SCHEMES):
+        try:
+            parse_sentinel_url(value)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
     return value
 
 
@@ -125,6 +178,8 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_REDIS_URL", "redis_url", _optional(_redis_url)),
     ("SSE_REDIS_CLUSTER", "redis_cluster", _bool),
     ("SSE_REDIS_PREFIX", "redis_prefix", _prefix),
+    ("SSE_REDIS_MIN_REPLICAS", "redis_min_replicas", lambda k, v: _int(k, v, 0)),
+    ("SSE_REDIS_REPLICA_TIMEOUT", "redis_replica_timeout", _seconds),
     ("SSE_HISTORY_TTL", "history_ttl", lambda k, v: _int(k, v, 0)),
     ("SSE_RETRY", "retry", lambda k, v: _int(k, v, 0)),
     ("SSE_HEARTBEAT_INTERVAL", "heartbeat_interval", _seconds),

@@ -30,9 +30,7 @@ def _b36(number: int) -> str:
 
 
 def encode_compound(positions: Sequence[Position]) -> str:
-    return "~" + ".".join(
-        _b36(ms) + ("-" + _b36(seq) if seq else "") for ms, seq in positions
-    )
+    return "~" + ".".join(_b36(ms) + ("-" + _b36(seq) if seq else "") for ms, seq in positions)
 
 
 def decode_compound(text: str, count: int) -> Optional[List[Position]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from functools import partial
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from flask import Response, copy_current_request_context, has_request_context
@@ -57,7 +58,7 @@ class _DirectStream:
         self.opening: Optional[bytes] = retry_line(retry)
         self.finished = False
         self.stopped = threading.Event()
-        produce: Callable[[], None] = lambda: self._produce(iterable)
+        produce: Callable[[], None] = partial(self._produce, iterable)
         if has_request_context():
             produce = copy_current_request_context(produce)
         self.greenlet: Any = None

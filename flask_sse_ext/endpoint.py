@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from flask import Response, current_app, request
 
 from .auth import AuthError, Identity, identify, private_channel_allowed
-from .brokers.base import BrokerError
-from .brokers.memory import MemoryBroker
+from .brokers.base import UNKNOWN, BrokerError, Unknown
 from .config import validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
 from .serving import check_server, warn_memory_broker
 from .signals import stream_closed, stream_opened
+from .state import AppState, get_state
 from .stream import HEADERS, open_stream, unavailable
-
-if TYPE_CHECKING:
-    from .extension import _State
 
 __all__ = ["stream_view"]
 
@@ -37,7 +34,7 @@ class _Refused(Exception):
         self.headers = headers or {}
 
 
-def _channels(state: _State) -> Tuple[str, ...]:
+def _channels(state: AppState) -> Tuple[str, ...]:
     names = request.args.getlist("channel") or ["sse"]
     limit = state.settings.max_channels_per_connection
     if len(names) > limit:
@@ -57,9 +54,9 @@ def _unauthorized(message: str, error: Optional[str] = None) -> _Refused:
     return _Refused(401, message, {"WWW-Authenticate": challenge})
 
 
-def _identity(state: _State) -> Optional[Identity]:
+def _identity(state: AppState) -> Optional[Identity]:
     try:
-        identity = identify(current_app, request, state.sse._token_loader)
+        identity = identify(current_app, request, state.hooks.token_loader)
     except AuthError as exc:
         raise _unauthorized(f"Invalid credentials: {exc}", "invalid_token") from None
     if identity is None and state.settings.require_auth:
@@ -67,17 +64,17 @@ def _identity(state: _State) -> Optional[Identity]:
     return identity
 
 
-def allowed(state: _State, identity: Optional[Identity], channel: str) -> bool:
+def allowed(state: AppState, identity: Optional[Identity], channel: str) -> bool:
     """The channel rules: a token's channel list, private channels, the app's hook."""
     if identity is not None and identity.channels is not None and channel not in identity.channels:
         return False
     if not private_channel_allowed(identity, channel):
         return False
-    hook = state.sse._authorize
+    hook = state.hooks.authorize
     return hook is None or bool(hook(identity, channel))
 
 
-def _authorize(state: _State, identity: Optional[Identity], channels: Tuple[str, ...]) -> None:
+def _authorize(state: AppState, identity: Optional[Identity], channels: Tuple[str, ...]) -> None:
     for channel in channels:
         if not allowed(state, identity, channel):
             if identity is None:
@@ -85,7 +82,7 @@ def _authorize(state: _State, identity: Optional[Identity], channels: Tuple[str,
             raise _Refused(403, f"Not allowed to read channel {channel!r}")
 
 
-def _caps(state: _State, identity: Optional[Identity]) -> List[Tuple[str, int]]:
+def _caps(state: AppState, identity: Optional[Identity]) -> List[Tuple[str, int]]:
     settings = state.settings
     caps = []
     if settings.max_connections_per_client is not None:
@@ -101,7 +98,7 @@ def _refusal(exc: _Refused, cors: Dict[str, str]) -> Response:
 
 
 def stream_view() -> Response:
-    state: _State = current_app.extensions["sse"]
+    state = get_state()
     settings = state.settings
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, settings.cors_origins, request.host_url.rstrip("/")):
@@ -128,7 +125,7 @@ def stream_view() -> Response:
     return response
 
 
-def _acquire(state: _State, identity: Optional[Identity]) -> object:
+def _acquire(state: AppState, identity: Optional[Identity]) -> object:
     caps = _caps(state, identity)
     if not caps:
         return None
@@ -138,9 +135,24 @@ def _acquire(state: _State, identity: Optional[Identity]) -> object:
     return handle
 
 
-def _unavailable(state: _State, exc: BrokerError) -> Response:
+def _unavailable(state: AppState, exc: BrokerError) -> Response:
     logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
     return Response([unavailable(state.settings.retry)], mimetype="text/event-stream", headers=HEADERS)
+
+
+def _cursor() -> Union[str, Unknown, None]:
+    """The client's ``Last-Event-ID`` (or ``?last_event_id=``); ``UNKNOWN`` for one that no
+    broker issued, which the stream reports as missed history."""
+    cursor = request.headers.get("Last-Event-ID")
+    if cursor:
+        try:  # browsers send the id as UTF-8; WSGI hands headers over as Latin-1
+            cursor = cursor.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            pass
+    cursor = cursor or request.args.get("last_event_id") or None
+    if cursor is not None and (len(cursor) > 1024 or not cursor.isprintable()):
+        return UNKNOWN
+    return cursor
 
 
 class _Grant:
@@ -150,7 +162,7 @@ class _Grant:
     __slots__ = ("state", "identity", "channels", "handle", "app")
 
     def __init__(
-        self, state: _State, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
+        self, state: AppState, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
     ) -> None:
         self.state = state
         self.identity = identity
@@ -168,21 +180,13 @@ class _Grant:
 
 
 def _open(
-    state: _State, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
+    state: AppState, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
 ) -> Response:
     settings = state.settings
-    cursor = request.headers.get("Last-Event-ID")
-    if cursor:
-        try:  # browsers send the id as UTF-8; WSGI hands headers over as Latin-1
-            cursor = cursor.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            pass
-    cursor = cursor or request.args.get("last_event_id") or None
-    if cursor is not None and (len(cursor) > 1024 or not cursor.isprintable()):
-        cursor = "~"  # not an id anyone issued: reported to the client as missed history
+    cursor = _cursor()
     environ = request.environ
     check_server(environ)
-    if isinstance(state.broker, MemoryBroker):
+    if not state.broker.shared:
         warn_memory_broker(environ)
     max_age = settings.max_connection_age
     if identity is not None and identity.expires_at is not None:
@@ -191,7 +195,7 @@ def _open(
     grant = _Grant(state, identity, channels, handle)
     # From here on the stream's body owns the connection slot: it releases it when it ends.
     response = open_stream(
-        state.hub,
+        state.serve(),
         state.broker,
         channels,
         cursor,

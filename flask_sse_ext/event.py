@@ -29,9 +29,7 @@ def validate_field(name: str, value: str) -> str:
         raise ValueError(f"SSE {name!r} must be a str, got {type(value).__name__}")
     for bad in _FORBIDDEN:
         if bad in value:
-            raise ValueError(
-                f"SSE {name!r} must not contain CR, LF or NUL characters, got {value!r}"
-            )
+            raise ValueError(f"SSE {name!r} must not contain CR, LF or NUL characters, got {value!r}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -50,9 +48,7 @@ def _data_text(data: Any) -> str:
         raise ValueError(f"SSE data is neither a str nor JSON-serializable: {exc}") from None
 
 
-def encode_body(
-    data: Any, event: Optional[str] = None, retry: Optional[int] = None
-) -> bytes:
+def encode_body(data: Any, event: Optional[str] = None, retry: Optional[int] = None) -> bytes:
     """Encode the ``event``, ``retry`` and ``data`` lines of one event.
 
     ``data`` that is not a ``str`` is JSON-encoded compactly, keeping non-ASCII text as UTF-8.

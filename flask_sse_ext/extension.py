@@ -2,98 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
+import importlib.util
 from datetime import timedelta
-from functools import partial
 from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Union
 
 from flask import Blueprint, Flask, Response, current_app, request
 
 from .auth import Authorize, TokenLoader, issue_token
-from .brokers.base import Broker
-from .brokers.memory import MemoryBroker
-from .config import Settings, load_settings
 from .cli import cli
+from .config import load_settings
 from .direct import direct_response
 from .endpoint import stream_view
-from .hub import Hub, Stats
-from .limits import Limiter
-from .publisher import prepare_event
-from .signals import event_published
+from .state import AppState, Hooks, get_state
 from .stream import HEADERS
 
 __all__ = ["SSE"]
-
-logger = logging.getLogger(__name__)
-
-class _State:
-    """Per-app state, kept in ``app.extensions["sse"]``. Broker and hub are per process."""
-
-    def __init__(self, sse: SSE, settings: Settings) -> None:
-        self.sse = sse
-        self.settings = settings
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._broker: Optional[Broker] = None
-        self._hub: Optional[Hub] = None
-        self._limiter: Optional[Limiter] = None
-        self._stats = Stats()
-
-    def _new_broker(self) -> Broker:
-        settings = self.settings
-        if settings.redis_url is None:
-            return MemoryBroker(settings.history_size)
-        from .brokers.redis import RedisBroker
-
-        return RedisBroker.from_url(
-            settings.redis_url, cluster=settings.redis_cluster, prefix=settings.redis_prefix,
-            history_size=settings.history_size, history_ttl=settings.history_ttl,
-        )  # fmt: skip
-
-    @property
-    def broker(self) -> Broker:
-        return self._for_this_process()
-
-    def _for_this_process(self) -> Broker:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    # A forked worker must not share its parent's connections or history.
-                    self._broker = self._new_broker()
-                    self._hub = None
-                    self._limiter = None
-                    self._stats = Stats()
-                    self._pid = os.getpid()
-        assert self._broker is not None
-        return self._broker
-
-    @property
-    def stats(self) -> Stats:
-        self._for_this_process()  # a forked process starts with counters of its own
-        return self._stats
-
-    @property
-    def limiter(self) -> Limiter:
-        broker = self.broker
-        if self._limiter is None:
-            self._limiter = broker.limiter()
-        return self._limiter
-
-    @property
-    def hub(self) -> Hub:
-        broker = self.broker
-        if self._hub is None:
-            with self._lock:
-                if self._hub is None:
-                    self._hub = Hub(broker, self._stats, self.settings.heartbeat_interval)
-                    if self.settings.metrics_path is not None:
-                        from .metrics import start_sharing
-
-                        app = current_app._get_current_object()  # type: ignore[attr-defined]
-                        start_sharing(partial(_stats_of, app, self.sse), broker.share_stats)
-        return self._hub
 
 
 class SSE:
@@ -114,8 +37,8 @@ class SSE:
     ) -> None:
         load_settings({}, options)  # an unknown or bad option fails here, not at init_app
         self._options = options
-        self._authorize = authorize
-        self._token_loader = token_loader
+        #: The hooks every app of this extension uses (``authorize``, ``token_loader``).
+        self.hooks = Hooks(authorize, token_loader)
         if app is not None:
             self.init_app(app)
 
@@ -125,13 +48,13 @@ class SSE:
         ``identity`` is an ``Identity`` or ``None`` for an anonymous request. It is asked for
         every channel before a stream opens, and again before history is replayed.
         """
-        self._authorize = hook
+        self.hooks.authorize = hook
         return hook
 
     def token_loader(self, loader: TokenLoader) -> TokenLoader:
         """Decorator: ``loader(token) -> Identity`` verifies the app's own tokens (a JWT, say)
         instead of ``issue_token``'s; it raises ``AuthError`` for a bad one."""
-        self._token_loader = loader
+        self.hooks.token_loader = loader
         return loader
 
     def issue_token(
@@ -143,7 +66,7 @@ class SSE:
         """A signed token (with the app's ``SECRET_KEY``) for ``identity``, valid for
         ``expires_in`` seconds and, with ``channels``, only for those channels. A stream opened
         with it ends when it expires. Needs an app context."""
-        self._state()
+        self.state()
         return issue_token(current_app, identity, channels, expires_in)
 
     def init_app(self, app: Flask) -> None:
@@ -155,24 +78,32 @@ class SSE:
         if "sse" in app.extensions:
             raise RuntimeError(
                 "This app is already registered with an 'SSE' instance. Call 'init_app' once "
-                "per app, and use that instance (it is app.extensions['sse'].sse)."
+                "per app, and use that instance (it is app.extensions['sse'].extension)."
             )
         settings = load_settings(app.config, self._options)
-        app.extensions["sse"] = _State(self, settings)
+        if settings.redis_url is not None:
+            _require("redis", "hiredis", extra="redis", key="SSE_REDIS_URL")
+        if settings.metrics_path is not None:
+            _require("prometheus_client", extra="prometheus", key="SSE_METRICS_PATH")
+        app.extensions["sse"] = AppState(self, settings, self.hooks)
         app.register_blueprint(_blueprint(), url_prefix=settings.url_prefix)
         if settings.metrics_path is not None:
             from .metrics import metrics_view
 
             app.add_url_rule(settings.metrics_path, "sse_metrics", metrics_view)
 
-    def _state(self) -> _State:
-        state = current_app.extensions.get("sse")
-        if state is None or state.sse is not self:
+    def state(self, app: Optional[Flask] = None) -> AppState:
+        """This extension's state for ``app`` (default: the current app).
+
+        Raises ``RuntimeError`` when the app is not registered with this instance.
+        """
+        state = get_state(app)
+        if state.extension is not self:
             raise RuntimeError(
                 "The current Flask app is not registered with this 'SSE' instance. "
                 "Did you forget to call 'init_app'?"
             )
-        return state  # type: ignore[no-any-return]
+        return state
 
     def publish(
         self,
@@ -191,13 +122,7 @@ class SSE:
         broker generates. Raises ``ValueError`` for a field that cannot be sent, and
         ``BrokerError`` when the broker cannot take the event. Needs an app context.
         """
-        state = self._state()
-        body = prepare_event(data, event, id, retry, channel, type, state.settings.max_event_bytes)
-        event_id = state.broker.publish(channel, body, id).id
-        state.stats.published += 1
-        event_published.send(current_app._get_current_object(), channel=channel, id=event_id)  # type: ignore[attr-defined]
-        return event_id
-
+        return self.state().publish(data, event, id, retry, channel, type)
 
     def response(
         self,
@@ -217,7 +142,7 @@ class SSE:
         with ``{"error": "internal error"}`` (the exception text with ``expose_errors``). When
         the client leaves, the generator is stopped and its ``finally`` runs.
         """
-        settings = self._state().settings
+        settings = self.state().settings
         return direct_response(
             iterable,
             heartbeat=settings.heartbeat_interval if heartbeat is None else heartbeat,
@@ -229,29 +154,26 @@ class SSE:
             base_headers=HEADERS,
         )
 
+    def presence(self, channel: str) -> int:
+        """How many streams are open on ``channel`` over every worker and host that share the
+        broker (each reports every few seconds; a dead one drops out within 15 s). With the
+        in-process broker, this process's count. Raises ``ValueError`` for a bad channel name
+        and ``BrokerError`` when Redis does not answer. Needs an app context."""
+        return self.state().presence(channel)
+
     def stats(self) -> Dict[str, int]:
         """Counters of this process: open ``streams``; ``channels`` with local streams and the
         broker's live ``subscriptions``; events ``published``, ``delivered`` live and
         ``replayed`` from history; streams cut as ``lagged``; ``broker_reconnects`` to Redis.
         Needs an app context."""
-        state = self._state()
-        counters = state.stats
-        hub = state._hub if state._pid == os.getpid() else None
-        return {
-            "streams": hub.client_count if hub is not None else 0,
-            "channels": hub.channel_count if hub is not None else 0,
-            "subscriptions": state.broker.subscriptions,
-            "published": counters.published,
-            "delivered": counters.delivered,
-            "replayed": counters.replayed,
-            "lagged": counters.lagged,
-            "broker_reconnects": state.broker.reconnects,
-        }
+        return self.state().counters()
 
 
-def _stats_of(app: Flask, sse: SSE) -> Dict[str, int]:
-    with app.app_context():
-        return sse.stats()
+def _require(*modules: str, extra: str, key: str) -> None:
+    """Fail at ``init_app``, not at the first request, when an optional extra is missing."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise RuntimeError(f'{key} needs the {module!r} package: pip install "flask-sse-ext[{extra}]"')
 
 
 def _blueprint() -> Blueprint:

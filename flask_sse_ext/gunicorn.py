@@ -18,6 +18,7 @@ from typing import Any, Dict
 from gunicorn.glogging import Logger
 
 from .hub import shutdown_all
+from .state import serve_all
 
 __all__ = ["RedactingLogger", "post_worker_init"]
 
@@ -45,11 +46,14 @@ def post_worker_init(worker: Any) -> None:
     end its streams at once, so browsers reconnect to a live worker with ``Last-Event-ID``
     instead of holding this one until ``graceful_timeout``.
 
-    It also moves everything loaded so far (the app, its modules) out of the garbage
+    It starts the worker's broker listener (and, with metrics, its shared counters) at once,
+    and moves everything loaded so far (the app, its modules) out of the garbage
     collector's sight (``gc.freeze``): a worker with thousands of streams runs full
     collections that stall every stream at once, and these need not scan what lives as long
     as the process anyway.
     """
+    # The app is loaded: its listener and shared counters start now, not at the first stream.
+    serve_all()
     gc.freeze()
     # Back in sight at exit, so the interpreter's shutdown finalizes them in its usual order.
     atexit.register(gc.unfreeze)

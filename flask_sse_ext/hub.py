@@ -7,19 +7,26 @@ the browser reconnects with ``Last-Event-ID``), which bounds a worker's memory p
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 import weakref
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from .brokers.base import Broker, Message
-from .serving import shutdown
+from .serving import process_name, shutdown
 
 __all__ = ["Client", "Hub", "shutdown_all"]
 
+logger = logging.getLogger(__name__)
+
 #: Every hub of this process, for ``shutdown_all``.
 _hubs: "weakref.WeakSet[Hub]" = weakref.WeakSet()
+
+#: Seconds between two reports of this process's streams per channel to a shared broker;
+#: a report counts for three of them, so a process that dies drops out by itself.
+PRESENCE_INTERVAL = 5.0
 
 #: Why a stream ended early.
 LAGGED = "lagged"
@@ -49,9 +56,18 @@ class Client:
     """One open stream's inbox. ``put`` never blocks; the stream drains ``queue`` on ``wake``."""
 
     __slots__ = (
-        "channels", "queue", "wake", "maxsize", "closed", "sock", "stats",
-        "active", "quiet_since", "beat_due", "deadline",
-    )  # fmt: skip
+        "channels",
+        "queue",
+        "wake",
+        "maxsize",
+        "closed",
+        "sock",
+        "stats",
+        "active",
+        "quiet_since",
+        "beat_due",
+        "deadline",
+    )
 
     def __init__(
         self,
@@ -118,7 +134,6 @@ class Hub:
     def __init__(self, broker: Broker, stats: Optional[Stats] = None, heartbeat: float = 15.0) -> None:
         self.broker = broker
         self.heartbeat = heartbeat
-        self._ticker: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._clients: Dict[str, Set[Client]] = {}
         self._all: Set[Client] = set()
@@ -126,6 +141,8 @@ class Hub:
         #: Set by ``shutdown``: streams opened after it end right after their opening chunk.
         self.closing = False
         broker.start(self.deliver, self.resync)
+        # From the start, so that a shared broker hears of this process before its first stream.
+        threading.Thread(target=self._tick, name="sse-ticker", daemon=True).start()
         _hubs.add(self)
 
     def attach(self, client: Client) -> None:
@@ -135,9 +152,6 @@ class Hub:
             if self.closing:
                 client.close(SHUTDOWN)
             self._all.add(client)
-            if self._ticker is None:
-                self._ticker = threading.Thread(target=self._tick, name="sse-ticker", daemon=True)
-                self._ticker.start()
             for channel in client.channels:
                 clients = self._clients.get(channel)
                 if clients is None:
@@ -176,26 +190,53 @@ class Hub:
                     client.put(message)
 
     def _tick(self) -> None:
-        # Heartbeats and deadlines are kept to within a second: a scan of every client costs
-        # a few milliseconds per 10,000 streams.
+        # Heartbeats are kept to within a second: a scan of every client costs a few
+        # milliseconds per 10,000 streams. A deadline due before the next scan gets a scan of
+        # its own, on time.
         period = min(self.heartbeat / 2, 1.0)
+        pause = period
+        next_report = 0.0
+        reporter: Optional[threading.Thread] = None
         while True:
-            time.sleep(period)
+            time.sleep(pause)
             now = time.monotonic()
+            soonest = now + period
+            if self.broker.shared and now >= next_report and (reporter is None or not reporter.is_alive()):
+                # In a thread of its own: a slow Redis must not hold back heartbeats.
+                next_report = now + PRESENCE_INTERVAL
+                reporter = threading.Thread(target=self._report, name="sse-presence", daemon=True)
+                reporter.start()
             with self._lock:
                 clients = list(self._all)
             for done, client in enumerate(clients):
                 if done % 500 == 499:
                     time.sleep(0)  # let the streams run: 10,000 clients take milliseconds
-                if client.deadline is not None and now >= client.deadline:
+                deadline = client.deadline
+                if deadline is not None and now >= deadline:
                     client.close(EXPIRED)
-                elif client.active:
+                    continue
+                if deadline is not None and deadline < soonest:
+                    soonest = deadline
+                if client.active:
                     client.active = False
                     client.quiet_since = now
                 elif now - client.quiet_since >= self.heartbeat:
                     client.quiet_since = now
                     client.beat_due = True
                     client.wake.set()
+            pause = max(0.01, soonest - time.monotonic())
+
+    def _report(self) -> None:
+        with self._lock:
+            counts = {channel: len(clients) for channel, clients in self._clients.items()}
+        try:
+            self.broker.report_presence(process_name(), counts, 3 * PRESENCE_INTERVAL)
+        except Exception as exc:  # Redis may be down: the next report will do
+            logger.info("Could not report presence: %r", exc)
+
+    def channel_streams(self, channel: str) -> int:
+        """Open streams of this process on ``channel``."""
+        return len(self._clients.get(channel, ()))
 
     def resync(self, channel: str) -> None:
         """End the streams of ``channel``: the broker lost track of it (events may be missing),

@@ -9,21 +9,15 @@ there is one process, and it answers for itself.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator
+from typing import Any, Dict, Iterator
 
-from flask import Response, current_app
+from flask import Response
 
-if TYPE_CHECKING:
-    from .extension import _State
+from .serving import process_name
+from .state import SHARE_INTERVAL, AppState, get_state
 
-__all__ = ["metrics_view", "start_sharing", "SHARE_INTERVAL"]
-
-#: Seconds between two shares of a process's counters; older than 3 intervals counts as gone.
-SHARE_INTERVAL = 5.0
+__all__ = ["metrics_view"]
 
 _GAUGES = {
     "streams": "Open streams",
@@ -39,34 +33,16 @@ _COUNTERS = {
 }
 
 
-def _me() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def start_sharing(stats: Callable[[], Dict[str, int]], share: Callable[[str, str], None]) -> None:
-    """Share this process's counters every ``SHARE_INTERVAL`` seconds, from a daemon thread."""
-
-    def loop() -> None:
-        while True:
-            try:
-                share(_me(), json.dumps({"at": time.time(), **stats()}))
-            except Exception:  # Redis may be down: the next share will do
-                pass
-            time.sleep(SHARE_INTERVAL)
-
-    threading.Thread(target=loop, name="sse-metrics-share", daemon=True).start()
-
-
-def _totals(state: _State) -> Dict[str, float]:
+def _totals(state: AppState) -> Dict[str, float]:
     """Gauges summed over live processes; counters over every process seen in the last day,
     live or not, so that a worker that exits does not make a counter go back."""
-    totals: Dict[str, float] = {key: float(value) for key, value in state.sse.stats().items()}
+    totals: Dict[str, float] = {key: float(value) for key, value in state.counters().items()}
     processes = 1
     now = time.time()
     for name, raw in state.broker.shared_stats().items():
         snapshot = json.loads(raw)
         at = snapshot.get("at", 0)
-        if name == _me() or at < now - 86400:
+        if name == process_name() or at < now - 86400:
             continue
         live = at >= now - 3 * SHARE_INTERVAL
         processes += live
@@ -80,7 +56,8 @@ def metrics_view() -> Response:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    state: _State = current_app.extensions["sse"]
+    state = get_state()
+    state.serve()  # a scrape before any stream: this process shares its counters from now on
     totals = _totals(state)
 
     class Collector:

@@ -54,7 +54,9 @@ class Publisher:
     >>> publisher.publish({"done": 40}, event="progress", channel="job-7")   # doctest: +SKIP
 
     Give it the same ``prefix``, ``history_size`` and ``history_ttl`` as the app's
-    ``SSE_REDIS_PREFIX``, ``SSE_HISTORY_SIZE`` and ``SSE_HISTORY_TTL`` (the defaults match).
+    ``SSE_REDIS_PREFIX``, ``SSE_HISTORY_SIZE`` and ``SSE_HISTORY_TTL`` (the defaults match);
+    ``redis_url`` takes the same forms as ``SSE_REDIS_URL`` (Sentinel included), and
+    ``min_replicas`` makes ``publish`` wait for replicas as ``SSE_REDIS_MIN_REPLICAS`` does.
     It needs no app context and no gevent, and is safe to share between threads.
     """
 
@@ -67,14 +69,21 @@ class Publisher:
         history_size: int = DEFAULTS["SSE_HISTORY_SIZE"],
         history_ttl: int = DEFAULTS["SSE_HISTORY_TTL"],
         max_event_bytes: int = DEFAULTS["SSE_MAX_EVENT_BYTES"],
+        min_replicas: int = DEFAULTS["SSE_REDIS_MIN_REPLICAS"],
+        replica_timeout: float = DEFAULTS["SSE_REDIS_REPLICA_TIMEOUT"],
     ) -> None:
         from .brokers.redis import RedisBroker
 
         self.max_event_bytes = max_event_bytes
         self.broker: Broker = RedisBroker.from_url(
-            redis_url, cluster=cluster, prefix=prefix,
-            history_size=history_size, history_ttl=history_ttl,
-        )  # fmt: skip
+            redis_url,
+            cluster=cluster,
+            prefix=prefix,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            min_replicas=min_replicas,
+            replica_timeout=replica_timeout,
+        )
 
     def publish(
         self,

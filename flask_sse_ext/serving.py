@@ -13,7 +13,6 @@ import socket
 import sys
 from typing import Any, Callable, Dict, Optional, Set
 
-
 __all__ = [
     "gevent_active",
     "raw_socket",
@@ -22,6 +21,7 @@ __all__ = [
     "shutdown",
     "check_server",
     "sibling_workers",
+    "process_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,3 +127,8 @@ def warn_memory_broker(environ: Dict[str, Any]) -> None:
             "published in one worker never reaches streams in the others. Set SSE_REDIS_URL, "
             "or run one worker.",
         )
+
+
+def process_name() -> str:
+    """This process as it names itself to other processes: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"

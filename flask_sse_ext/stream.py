@@ -8,11 +8,21 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from flask import Response
 
-from .brokers.base import Broker, BrokerError, Message, Position, Replay, format_position
+from .brokers.base import (
+    UNKNOWN,
+    Broker,
+    BrokerError,
+    Cursor,
+    Message,
+    Position,
+    Replay,
+    Unknown,
+    format_position,
+)
 from .cursor import decode_compound, encode_compound
 from .event import comment, encode_body, frame, retry_line
 from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, Client, Hub
@@ -44,16 +54,30 @@ class _Stream:
     """
 
     __slots__ = (
-        "hub", "broker", "channels", "cursor", "retry", "max_age", "allowed", "on_close",
-        "client", "positions", "single", "opened", "finished", "sock", "watcher", "released",
-    )  # fmt: skip
+        "hub",
+        "broker",
+        "channels",
+        "cursor",
+        "retry",
+        "max_age",
+        "allowed",
+        "on_close",
+        "client",
+        "positions",
+        "single",
+        "opened",
+        "finished",
+        "sock",
+        "watcher",
+        "released",
+    )
 
     def __init__(
         self,
         hub: Hub,
         broker: Broker,
         channels: Tuple[str, ...],
-        cursor: Optional[str],
+        cursor: Union[str, Unknown, None],
         *,
         retry: int,
         max_age: Optional[float],
@@ -124,8 +148,10 @@ class _Stream:
             logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
             self.finished = True
             return unavailable(self.retry)
-        replays = [r if not r.messages or self.allowed(c) else r._replace(messages=[])
-                   for c, r in zip(channels, replays)]  # fmt: skip
+        replays = [
+            r if not r.messages or self.allowed(c) else r._replace(messages=[])
+            for c, r in zip(channels, replays)
+        ]
         positions = self.positions
         multi = not self.single
         missed = []
@@ -133,8 +159,10 @@ class _Stream:
             if replay.missed:
                 missed.append(channel)
             # A multi-channel replay's ids advance from the client's cursor, channel by channel.
-            replaying = multi and not replay.missed and isinstance(position, tuple)
-            positions[channel] = position if replaying else replay.head
+            if multi and not replay.missed and isinstance(position, tuple):
+                positions[channel] = position
+            else:
+                positions[channel] = replay.head
         chunks = [retry_line(self.retry)]
         if missed:
             chunks.append(_missed_event(missed, _current_id(positions)))
@@ -202,15 +230,15 @@ def _missed_event(channels: Sequence[str], cursor_id: str) -> bytes:
     return frame(body, cursor_id)
 
 
-def _cursor_for(channels: Sequence[str], cursor: Optional[str]) -> List[Any]:
+def _cursor_for(channels: Sequence[str], cursor: Union[str, Unknown, None]) -> List[Cursor]:
     """Per channel: what to replay after (``None`` means nothing, start live)."""
-    if cursor is None:
-        return [None] * len(channels)
+    if cursor is None or cursor is UNKNOWN:
+        return [cursor] * len(channels)
     if len(channels) == 1:
         return [cursor]
     positions = decode_compound(cursor, len(channels))
     if positions is None:
-        return ["~"] * len(channels)  # unknown to every broker: reported as missed
+        return [UNKNOWN] * len(channels)
     return list(positions)
 
 
@@ -218,7 +246,7 @@ def open_stream(
     hub: Hub,
     broker: Broker,
     channels: Tuple[str, ...],
-    cursor: Optional[str],
+    cursor: Union[str, Unknown, None],
     *,
     retry: int,
     max_age: Optional[float],
@@ -234,9 +262,17 @@ def open_stream(
     dropped unsent), with the reason it was cut, or ``None``.
     """
     body = _Stream(
-        hub, broker, channels, cursor, retry=retry, max_age=max_age,
-        queue_size=queue_size, environ=environ, allowed=allowed, on_close=on_close,
-    )  # fmt: skip
+        hub,
+        broker,
+        channels,
+        cursor,
+        retry=retry,
+        max_age=max_age,
+        queue_size=queue_size,
+        environ=environ,
+        allowed=allowed,
+        on_close=on_close,
+    )
     # direct_passthrough: werkzeug hands the body to the server as it is, unwrapped.
     return Response(body, mimetype="text/event-stream", headers=HEADERS, direct_passthrough=True)
 

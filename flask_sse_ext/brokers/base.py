@@ -9,7 +9,8 @@ works as a ``Last-Event-ID`` cursor.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from enum import Enum
+from typing import Callable, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..event import frame
 from ..limits import Limiter, MemoryLimiter
@@ -17,6 +18,9 @@ from ..limits import Limiter, MemoryLimiter
 __all__ = [
     "Broker",
     "BrokerError",
+    "Cursor",
+    "Unknown",
+    "UNKNOWN",
     "Message",
     "Position",
     "Replay",
@@ -25,6 +29,7 @@ __all__ = [
 ]
 
 Position = Tuple[int, int]
+
 
 def parse_position(text: str) -> Optional[Position]:
     """``"1700000000000-3"`` to ``(1700000000000, 3)``; ``None`` if it is not a position."""
@@ -86,8 +91,17 @@ class Replay(NamedTuple):
     missed: bool
 
 
-#: A cursor: a wire id (publisher id or position text), an exact position, or ``None`` for now.
-Cursor = Union[str, Position, None]
+class Unknown(Enum):
+    """A cursor that no broker issued (malformed, too long): its history is reported missed."""
+
+    CURSOR = "unknown"
+
+
+UNKNOWN: Final = Unknown.CURSOR
+
+#: A cursor: a wire id (publisher id or position text), an exact position, ``UNKNOWN``, or
+#: ``None`` for "from now on".
+Cursor = Union[str, Position, Unknown, None]
 
 
 class Broker(ABC):
@@ -97,8 +111,19 @@ class Broker(ABC):
     ``subscribe``; ``deliver`` may be called from a broker's own greenlet or thread.
     """
 
-    #: How often the broker connected again after losing its transport.
-    reconnects = 0
+    @property
+    def reconnects(self) -> int:
+        """How often the broker connected again after losing its transport."""
+        return 0
+
+    #: Capability: events published in one process reach the streams of every process that
+    #: uses the same backend (Redis); ``False`` for a broker that lives in one process.
+    shared = False
+
+    def processes(self) -> Optional[int]:
+        """How many processes are connected to the backend, if it can tell; else ``None``.
+        Raises ``BrokerError`` when the backend does not answer."""
+        return None
 
     @abstractmethod
     def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
@@ -147,6 +172,15 @@ class Broker(ABC):
     def shared_stats(self) -> Dict[str, str]:
         """The counters other processes shared, by process name."""
         return {}
+
+    def report_presence(self, process: str, counts: Dict[str, int], ttl: float) -> None:
+        """Record ``process``'s open streams per channel for ``ttl`` seconds; here, nothing
+        to do (one process counts for itself)."""
+
+    def presence(self, channel: str) -> Optional[int]:
+        """Open streams on ``channel`` over every process, or ``None`` when the broker cannot
+        see other processes (then the local count is the answer)."""
+        return None
 
     def limiter(self) -> Limiter:
         """Connection caps counted where this broker's streams are: here, in this process."""

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from typing import Callable, Deque, Dict, Optional, Set
 
-from .base import Broker, Cursor, Message, Position, Replay, parse_position
+from .base import UNKNOWN, Broker, Cursor, Message, Position, Replay, parse_position
 
 __all__ = ["MemoryBroker"]
 
@@ -97,6 +97,8 @@ class MemoryBroker(Broker):
                 head = messages[-1].position if messages else floor
             if cursor is None:
                 return Replay([], head, False)
+            if cursor is UNKNOWN:
+                return Replay([], head, True)
             if isinstance(cursor, str):
                 position = parse_position(cursor)
                 if position is None and history is not None:
