@@ -3,38 +3,37 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Dict, Optional
 
 import pytest
 from flask import Flask, request
-from flask_login import LoginManager, UserMixin, login_user
+from flask_login import LoginManager, login_user
+from werkzeug.test import TestResponse
 
-from conftest import Server
 from flask_sse_ext import SSE, AuthError, Identity, private_channel
-from sse_client import RawStream, request as http
+from support.app import create_app
+from support.client import RawStream
+from support.client import request as http
+from support.redis import RedisServer
+from support.server import Server, StartServer
+from support.waiting import wait_until
 
 
-def make_app(**config: Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update({"SECRET_KEY": "auth-tests", **config})
-    return app
-
-
-def get(app: Flask, path: str, **headers: str) -> Any:
+def get(app: Flask, path: str, **headers: str) -> TestResponse:
     return app.test_client().get(path, headers=headers, buffered=False)
 
 
-def first_chunk(response: Any) -> bytes:
-    chunk = next(iter(response.response))
+def first_chunk(response: TestResponse) -> bytes:
+    chunk = next(response.iter_encoded())
     response.close()
-    return bytes(chunk)
+    return chunk
 
 
 # -- who is asking ---------------------------------------------------------------------------
 
 
 def test_anonymous_is_401_when_auth_is_required() -> None:
-    app = make_app(SSE_REQUIRE_AUTH=True)
+    app = create_app({"SSE_REQUIRE_AUTH": True})
     SSE(app)
     response = get(app, "/stream?channel=news")
     assert response.status_code == 401
@@ -44,7 +43,7 @@ def test_anonymous_is_401_when_auth_is_required() -> None:
 
 @pytest.mark.parametrize("how", ["bearer", "query"])
 def test_token_accepted_from_bearer_and_query(how: str) -> None:
-    app = make_app(SSE_REQUIRE_AUTH=True)
+    app = create_app({"SSE_REQUIRE_AUTH": True})
     sse = SSE(app)
     with app.app_context():
         token = sse.issue_token("alice")
@@ -57,7 +56,7 @@ def test_token_accepted_from_bearer_and_query(how: str) -> None:
 
 
 def test_bearer_wins_over_query_token() -> None:
-    app = make_app()
+    app = create_app()
     sse = SSE(app)
     with app.app_context():
         alice, bob = sse.issue_token("alice"), sse.issue_token("bob")
@@ -75,11 +74,11 @@ def _tamper(token: str) -> str:
     ["garbage", "tampered", "truncated", "other-secret", "empty-bearer", "huge"],
 )
 def test_bad_tokens_are_401_never_5xx(credential: str) -> None:
-    app = make_app()
+    app = create_app()
     sse = SSE(app)
     with app.app_context():
         token = sse.issue_token("alice")
-    other = make_app(SECRET_KEY="a different secret")
+    other = create_app({"SECRET_KEY": "a different secret"})
     other_sse = SSE(other)
     with other.app_context():
         foreign = other_sse.issue_token("alice")
@@ -99,29 +98,40 @@ def test_bad_tokens_are_401_never_5xx(credential: str) -> None:
 
 def test_other_authorization_schemes_are_not_ours() -> None:
     """Regression: Basic auth in front of a staging site made every stream 401."""
-    app = make_app()
+    app = create_app()
     SSE(app)
     response = get(app, "/stream?channel=news", Authorization="Basic YWxpY2U6cHc=")
     assert response.status_code == 200
     response.close()
-    strict = make_app(SSE_REQUIRE_AUTH=True)
+    strict = create_app({"SSE_REQUIRE_AUTH": True})
     SSE(strict)
     refused = get(strict, "/stream?channel=news", Authorization="Basic YWxpY2U6cHc=")
     assert refused.status_code == 401 and b"Authentication required" in refused.get_data()
 
 
 def test_expired_token_is_401() -> None:
-    app = make_app()
+    app = create_app()
     sse = SSE(app)
     with app.app_context():
         token = sse.issue_token("alice", expires_in=1)
-    time.sleep(1.1)
-    response = get(app, f"/stream?channel=news&token={token}")
+    path = f"/stream?channel=news&token={token}"
+
+    def refused() -> Optional[TestResponse]:
+        response = get(app, path)
+        if response.status_code == 200:
+            response.close()
+            return None
+        return response
+
+    fresh = get(app, path)
+    assert fresh.status_code == 200
+    fresh.close()
+    response = wait_until(refused, timeout=3, message="the token is still accepted", interval=0.05)
     assert response.status_code == 401 and b"token expired" in response.get_data()
 
 
 def test_issue_token_validates() -> None:
-    app = make_app()
+    app = create_app()
     sse = SSE(app)
     with app.app_context():
         with pytest.raises(ValueError, match="expires_in"):
@@ -131,7 +141,7 @@ def test_issue_token_validates() -> None:
 
 
 def test_app_token_loader_replaces_signed_tokens() -> None:
-    app = make_app(SSE_REQUIRE_AUTH=True)
+    app = create_app({"SSE_REQUIRE_AUTH": True})
     sse = SSE(app)
 
     @sse.token_loader
@@ -149,13 +159,22 @@ def test_app_token_loader_replaces_signed_tokens() -> None:
     assert response.status_code == 401 and b"unknown token" in response.get_data()
 
 
-class User(UserMixin):
+class User:
+    """What Flask-Login needs of a user (its ``UserMixin``, which has no type information)."""
+
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
     def __init__(self, id: str) -> None:
         self.id = id
 
+    def get_id(self) -> str:
+        return self.id
+
 
 def test_flask_login_session_cookie_identifies_the_user() -> None:
-    app = make_app(SSE_REQUIRE_AUTH=True)
+    app = create_app({"SSE_REQUIRE_AUTH": True})
     LoginManager(app).user_loader(User)
     SSE(app)
 
@@ -177,7 +196,7 @@ def test_flask_login_session_cookie_identifies_the_user() -> None:
 
 
 def test_token_channels_limit_the_stream() -> None:
-    app = make_app()
+    app = create_app()
     sse = SSE(app)
     with app.app_context():
         token = sse.issue_token("alice", channels=["news"])
@@ -187,7 +206,7 @@ def test_token_channels_limit_the_stream() -> None:
 
 
 def test_private_channel_of_another_user_is_403_and_never_leaks() -> None:
-    app = make_app()
+    app = create_app()
     sse = SSE(app)
     with app.app_context():
         secret_id = sse.publish("alice's secret", channel=private_channel("alice"))
@@ -201,7 +220,7 @@ def test_private_channel_of_another_user_is_403_and_never_leaks() -> None:
 
 
 def test_authorize_hook_runs_per_channel_and_again_on_replay() -> None:
-    app = make_app()
+    app = create_app()
     calls = []
 
     def hook(identity: Optional[Identity], channel: str) -> bool:
@@ -224,7 +243,7 @@ def test_authorize_hook_runs_per_channel_and_again_on_replay() -> None:
 
 def test_authorization_withdrawn_between_check_and_replay_sends_no_history() -> None:
     """Regression guard: the replay asks the hook again instead of trusting the first answer."""
-    app = make_app()
+    app = create_app()
     answers = iter([True, False])
     sse = SSE(app, authorize=lambda identity, channel: next(answers))
     with app.app_context():
@@ -240,7 +259,7 @@ ORIGIN = "https://app.example.com"
 
 
 def test_allowed_origin_gets_credentialed_cors_headers() -> None:
-    app = make_app(SSE_CORS_ORIGINS=[ORIGIN])
+    app = create_app({"SSE_CORS_ORIGINS": [ORIGIN]})
     SSE(app)
     response = get(app, "/stream?channel=x", Origin=ORIGIN)
     assert response.status_code == 200
@@ -251,13 +270,14 @@ def test_allowed_origin_gets_credentialed_cors_headers() -> None:
 
 
 def test_preflight_answers_the_headers_eventsource_clients_send() -> None:
-    app = make_app(SSE_CORS_ORIGINS=[ORIGIN])
+    app = create_app({"SSE_CORS_ORIGINS": [ORIGIN]})
     SSE(app)
-    response = app.test_client().options(
-        "/stream?channel=x",
-        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET",
-                 "Access-Control-Request-Headers": "authorization,last-event-id"},
-    )  # fmt: skip
+    preflight = {
+        "Origin": ORIGIN,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization,last-event-id",
+    }
+    response = app.test_client().options("/stream?channel=x", headers=preflight)
     assert response.status_code == 204
     allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
     assert {"authorization", "last-event-id", "cache-control"} <= allowed
@@ -265,7 +285,7 @@ def test_preflight_answers_the_headers_eventsource_clients_send() -> None:
 
 
 def test_disallowed_origin_is_403_before_streaming_and_never_star() -> None:
-    app = make_app(SSE_CORS_ORIGINS=[ORIGIN])
+    app = create_app({"SSE_CORS_ORIGINS": [ORIGIN]})
     SSE(app)
     response = get(app, "/stream?channel=x", Origin="https://evil.example")
     assert response.status_code == 403
@@ -279,14 +299,14 @@ def test_disallowed_origin_is_403_before_streaming_and_never_star() -> None:
 @pytest.mark.parametrize("bad", ["*", ["*"], ["https://ok.example/path"], "https://one.example"])
 def test_cors_config_is_validated(bad: object) -> None:
     with pytest.raises(ValueError, match="SSE_CORS_ORIGINS"):
-        SSE(make_app(SSE_CORS_ORIGINS=bad))
+        SSE(create_app({"SSE_CORS_ORIGINS": bad}))
 
 
 # -- caps ------------------------------------------------------------------------------------
 
 
 def test_per_client_and_per_user_caps_answer_429() -> None:
-    app = make_app(SSE_MAX_CONNECTIONS_PER_CLIENT=3, SSE_MAX_CONNECTIONS_PER_USER=2)
+    app = create_app({"SSE_MAX_CONNECTIONS_PER_CLIENT": 3, "SSE_MAX_CONNECTIONS_PER_USER": 2})
     sse = SSE(app)
     with app.app_context():
         token = sse.issue_token("erin")
@@ -311,7 +331,7 @@ def test_per_client_and_per_user_caps_answer_429() -> None:
 
 def test_stream_ends_when_its_token_expires(server: Server) -> None:
     _, token = http(server.port, "GET", "/token?identity=frank&expires=1.5")
-    stream = RawStream(server.port, f"/stream?channel=news&token={token.decode()}")  # type: ignore[union-attr]
+    stream = RawStream(server.port, f"/stream?channel=news&token={token.decode()}")
     assert stream.status == 200
     started = time.monotonic()
     stream.opening()
@@ -332,23 +352,29 @@ def test_stream_ends_when_its_token_expires(server: Server) -> None:
     ],
 )
 def test_hostile_requests_get_4xx_and_the_worker_survives(
-    server: Server, path: str, headers: dict, status: int
+    server: Server, path: str, headers: Dict[str, str], status: int
 ) -> None:
+    pid = server.stats()["pid"]
     stream = RawStream(server.port, path, headers=headers)
     assert stream.status == status
     if status == 401:
         assert stream.headers["www-authenticate"].startswith('Bearer realm="sse"')
     stream.close()
-    assert server.stats()["streams"] >= 0  # the worker still answers
+    # The same worker still answers (nothing crashed), and it let go of the stream.
+    assert server.stats()["pid"] == pid
+    wait_until(lambda: server.stats()["streams"] == 0, message=lambda: f"{server.stats()}")
     assert "Traceback" not in server.log()
 
 
-def test_caps_hold_across_workers_with_redis(start_server: Any, redis_server: Any, prefix: str) -> None:
-    server: Server = start_server(
-        config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix,
-                "SSE_MAX_CONNECTIONS_PER_CLIENT": 4},
-        workers=2,
-    )  # fmt: skip
+def test_caps_hold_across_workers_with_redis(
+    start_server: StartServer, redis_server: RedisServer, prefix: str
+) -> None:
+    config = {
+        "SSE_REDIS_URL": redis_server.url,
+        "SSE_REDIS_PREFIX": prefix,
+        "SSE_MAX_CONNECTIONS_PER_CLIENT": 4,
+    }
+    server = start_server(config=config, workers=2)
     streams = []
     for _ in range(4):
         stream = RawStream(server.port, "/stream?channel=capped")
@@ -358,11 +384,12 @@ def test_caps_hold_across_workers_with_redis(start_server: Any, redis_server: An
     refused = RawStream(server.port, "/stream?channel=capped")
     assert refused.status == 429
     streams.pop().close()
-    deadline = time.monotonic() + 5
-    while True:
+
+    def admitted() -> Optional[RawStream]:
         again = RawStream(server.port, "/stream?channel=capped")
-        if again.status == 200 or time.monotonic() > deadline:
-            break
+        if again.status == 200:
+            return again
         again.close()
-        time.sleep(0.1)
-    assert again.status == 200
+        return None
+
+    wait_until(admitted, message="the closed stream's slot was not given back", interval=0.1)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import time
-from typing import Iterator, List
+from typing import Iterator, List, Protocol
 
 import pytest
 
 from flask_sse_ext.brokers.base import Broker, Message, format_position, parse_position
 from flask_sse_ext.brokers.memory import MemoryBroker
 from flask_sse_ext.brokers.redis import RedisBroker
+from support.redis import RedisServer
+from support.waiting import wait_until
+
+
+class MakeBroker(Protocol):
+    def __call__(self, history_size: int = 5) -> Broker: ...
 
 
 @pytest.fixture(params=["memory", "redis"])
-def make_broker(request: pytest.FixtureRequest, prefix: str) -> Iterator[object]:
+def make_broker(request: pytest.FixtureRequest, prefix: str) -> Iterator[MakeBroker]:
+    """A broker of each kind; every one made is closed after the test."""
     made: List[Broker] = []
 
     def make(history_size: int = 5) -> Broker:
@@ -41,7 +47,7 @@ def test_positions_round_trip() -> None:
         assert parse_position(bad) is None
 
 
-def test_replay_after_generated_id(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_replay_after_generated_id(make_broker: MakeBroker) -> None:
     broker = make_broker()
     messages = publish(broker, 4)
     replay = broker.replay("c", messages[1].id)
@@ -50,7 +56,7 @@ def test_replay_after_generated_id(make_broker) -> None:  # type: ignore[no-unty
     assert broker.replay("c", messages[-1].id) == ([], messages[-1].position, False)
 
 
-def test_replay_after_publisher_id_and_reused_id(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_replay_after_publisher_id_and_reused_id(make_broker: MakeBroker) -> None:
     broker = make_broker()
     broker.publish("c", b"data: a\n", "x")
     b = broker.publish("c", b"data: b\n", "y")
@@ -60,13 +66,13 @@ def test_replay_after_publisher_id_and_reused_id(make_broker) -> None:  # type: 
     assert b.frame == b"data: b\nid: y\n\n"
 
 
-def test_replay_by_position_tuple(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_replay_by_position_tuple(make_broker: MakeBroker) -> None:
     broker = make_broker()
     messages = publish(broker, 3)
     assert broker.replay("c", messages[0].position).messages == messages[1:]
 
 
-def test_expired_cursor_is_missed_and_starts_at_head(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_expired_cursor_is_missed_and_starts_at_head(make_broker: MakeBroker) -> None:
     broker = make_broker(history_size=3)
     messages = publish(broker, 6)
     # messages[2] was the last dropped: after it, everything is still kept.
@@ -75,7 +81,7 @@ def test_expired_cursor_is_missed_and_starts_at_head(make_broker) -> None:  # ty
     assert broker.replay("c", messages[1].id) == ([], messages[-1].position, True)
 
 
-def test_unknown_and_future_cursors_are_missed(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_and_future_cursors_are_missed(make_broker: MakeBroker) -> None:
     broker = make_broker()
     messages = publish(broker, 2)
     head = messages[-1].position
@@ -91,7 +97,7 @@ def test_memory_broker_cursor_from_before_it_started_is_missed() -> None:
     assert broker.replay("c", "1-0") == ([], messages[-1].position, True)
 
 
-def test_empty_channel_head_is_a_usable_cursor(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_empty_channel_head_is_a_usable_cursor(make_broker: MakeBroker) -> None:
     broker = make_broker()
     head = broker.replay("quiet", None).head
     assert broker.replay("quiet", head) == ([], head, False)
@@ -99,7 +105,7 @@ def test_empty_channel_head_is_a_usable_cursor(make_broker) -> None:  # type: ig
     assert broker.replay("quiet", head).messages == [later]
 
 
-def test_evicted_publisher_id_is_forgotten(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_evicted_publisher_id_is_forgotten(make_broker: MakeBroker) -> None:
     broker = make_broker(history_size=2)
     broker.publish("c", b"data: a\n", "a")
     publish(broker, 3)
@@ -110,14 +116,7 @@ def _same(a: List[Message], b: List[Message]) -> bool:
     return [(m.channel, m.position, m.frame) for m in a] == [(m.channel, m.position, m.frame) for m in b]
 
 
-def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def test_live_delivery_only_for_subscribed_channels(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_live_delivery_only_for_subscribed_channels(make_broker: MakeBroker) -> None:
     broker = make_broker()
     got: List[Message] = []
     broker.start(got.append, lambda channel: None)
@@ -126,31 +125,31 @@ def test_live_delivery_only_for_subscribed_channels(make_broker) -> None:  # typ
     assert broker.subscriptions == 1
     on = broker.publish("on", b"data: 1\n")
     broker.publish("off", b"data: 2\n")
-    wait_for(lambda: len(got) >= 1)
+    wait_until(lambda: len(got) >= 1)
     broker.unsubscribe("on")
     broker.publish("on", b"data: 3\n")
     marker = broker.publish("other", b"data: 4\n")
     broker.subscribe("other")
     broker.ready(["other"])
     last = broker.publish("other", b"data: 5\n")
-    wait_for(lambda: len(got) >= 2)
+    wait_until(lambda: len(got) >= 2)
     assert _same(got, [on, last]) and broker.subscriptions == 1
     assert marker.position < last.position
 
 
-def test_zero_history_keeps_nothing_but_delivers(make_broker) -> None:  # type: ignore[no-untyped-def]
+def test_zero_history_keeps_nothing_but_delivers(make_broker: MakeBroker) -> None:
     broker = make_broker(history_size=0)
     got: List[Message] = []
     broker.start(got.append, lambda channel: None)
     broker.subscribe("c")
     broker.ready(["c"])
     messages = publish(broker, 2)
-    wait_for(lambda: len(got) == 2)
+    wait_until(lambda: len(got) == 2)
     assert _same(got, messages)
     assert broker.replay("c", messages[0].id).missed
 
 
-def test_redis_catch_up_that_cannot_reach_back_resyncs(redis_server, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def test_redis_catch_up_that_cannot_reach_back_resyncs(redis_server: RedisServer, prefix: str) -> None:
     """Regression: after a reconnect, a gap larger than the history was skipped silently."""
     broker = RedisBroker.from_url(redis_server.url, prefix=prefix, history_size=2)
     other = RedisBroker.from_url(redis_server.url, prefix=prefix, history_size=2)
@@ -162,12 +161,12 @@ def test_redis_catch_up_that_cannot_reach_back_resyncs(redis_server, prefix: str
         broker.ready(["c"])
         broker.replay("c", None)  # a stream reads the head: where catch-up would start
         first = other.publish("c", b"data: 0\n")
-        wait_for(lambda: len(got) == 1)
+        wait_until(lambda: len(got) == 1)
         admin = redis_server.client()
         admin.client_kill_filter(_type="pubsub")
         for i in range(5):
             other.publish("c", b"data: %d\n" % (i + 1))
-        wait_for(lambda: lost == ["c"])
+        wait_until(lambda: lost == ["c"])
         assert got == [first]  # nothing from the gap was delivered out of order
         admin.close()
     finally:
@@ -176,7 +175,7 @@ def test_redis_catch_up_that_cannot_reach_back_resyncs(redis_server, prefix: str
 
 
 def test_redis_new_subscription_knows_its_live_position_without_a_history_read(
-    redis_server, prefix: str  # type: ignore[no-untyped-def]
+    redis_server: RedisServer, prefix: str
 ) -> None:
     """The listener reads the heads of newly confirmed channels in one batch, so a new stream
     with no cursor starts where live delivery stands without a history read of its own."""
@@ -192,7 +191,7 @@ def test_redis_new_subscription_knows_its_live_position_without_a_history_read(
         assert broker.live_position("b") == before[1].position
         assert broker.live_position("empty") == (0, 0)
         after = broker.publish("a", b"data: new\n")
-        wait_for(lambda: len(got) == 1)
+        wait_until(lambda: len(got) == 1)
         assert _same(got, [after]) and broker.live_position("a") == after.position
     finally:
         broker.close()

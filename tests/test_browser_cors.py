@@ -6,12 +6,15 @@ import http.server
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from conftest import Server
-from conftest_ports import free_port
+from support.ports import free_port
+from support.server import StartServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>other origin</title>
 <script>
@@ -25,36 +28,47 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>other origin</title>
 </script>"""
 
 
-@pytest.fixture
-def other_origin() -> Iterator[Any]:
+class OtherOrigin:
     """A static page server on its own loopback port: another origin than the app's."""
-    root = Path(tempfile.mkdtemp(prefix="origin-"))
-    port = free_port()
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
+    def __init__(self) -> None:
+        root = Path(tempfile.mkdtemp(prefix="origin-"))
+        port = free_port()
 
-        def log_message(self, *args: Any) -> None:
-            pass
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Quiet)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+            def log_message(self, *args: Any) -> None:
+                pass
 
-    def serve(stream_url: str) -> str:
-        (root / "page.html").write_text(PAGE.replace("STREAM_URL", repr(stream_url)))
-        return f"http://127.0.0.1:{port}/page.html"
+        self.root = root
+        self.origin = f"http://127.0.0.1:{port}"
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Quiet)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    serve.origin = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    yield serve
-    httpd.shutdown()
-    httpd.server_close()
+    def serve(self, stream_url: str) -> str:
+        """The URL of a page of this origin that opens an EventSource on ``stream_url``."""
+        (self.root / "page.html").write_text(PAGE.replace("STREAM_URL", repr(stream_url)))
+        return f"{self.origin}/page.html"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
-def test_allowed_origin_receives_events(start_server: Any, page: Any, other_origin: Any) -> None:
-    server: Server = start_server(config={"SSE_CORS_ORIGINS": [other_origin.origin]})
-    page.goto(other_origin(f"http://127.0.0.1:{server.port}/stream?channel=cors"))
+@pytest.fixture
+def other_origin() -> Iterator[OtherOrigin]:
+    origin = OtherOrigin()
+    yield origin
+    origin.close()
+
+
+def test_allowed_origin_receives_events(
+    start_server: StartServer, page: Page, other_origin: OtherOrigin
+) -> None:
+    server = start_server(config={"SSE_CORS_ORIGINS": [other_origin.origin]})
+    page.goto(other_origin.serve(f"http://127.0.0.1:{server.port}/stream?channel=cors"))
     page.wait_for_function("window.opened === true", timeout=5000)
     server.publish(data="across origins", channel="cors")
     page.wait_for_function("window.events.length === 1", timeout=5000)
@@ -62,9 +76,11 @@ def test_allowed_origin_receives_events(start_server: Any, page: Any, other_orig
     assert page.evaluate("window.errors") == 0
 
 
-def test_disallowed_origin_is_refused(start_server: Any, page: Any, other_origin: Any) -> None:
-    server: Server = start_server(config={"SSE_CORS_ORIGINS": ["http://127.0.0.1:1"]})
-    page.goto(other_origin(f"http://127.0.0.1:{server.port}/stream?channel=cors"))
+def test_disallowed_origin_is_refused(
+    start_server: StartServer, page: Page, other_origin: OtherOrigin
+) -> None:
+    server = start_server(config={"SSE_CORS_ORIGINS": ["http://127.0.0.1:1"]})
+    page.goto(other_origin.serve(f"http://127.0.0.1:{server.port}/stream?channel=cors"))
     # A refused EventSource fails for good: readyState CLOSED (2), no reconnection.
     page.wait_for_function("window.state === 2", timeout=5000)
     server.publish(data="must not arrive", channel="cors")

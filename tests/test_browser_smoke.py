@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from conftest import Server
+from support.server import StartServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 OPEN_SOURCE = """
 (channel) => new Promise((resolve, reject) => {
@@ -30,9 +33,9 @@ RECEIVED = """
 
 
 def test_chromium_event_source_receives_a_published_event(
-    start_server: Any, page: Any, channel: str
+    start_server: StartServer, page: Page, channel: str
 ) -> None:
-    server: Server = start_server()
+    server = start_server()
     origin = f"http://127.0.0.1:{server.port}"
     # A page of the app's own origin, so that the EventSource needs no CORS.
     response = page.goto(origin + "/stats")

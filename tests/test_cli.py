@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Dict, Optional
 
 from flask import Flask
 
 from flask_sse_ext import SSE
+from flask_sse_ext.state import get_state
+from support.app import create_app
+from support.client import RawStream
+from support.redis import RedisServer
+from support.server import StartServer
+from support.waiting import wait_until
 
 
-def make(redis_url: Any = None, prefix: str = "sse") -> Flask:
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="cli-tests", SSE_REDIS_PREFIX=prefix)
+def make(redis_url: Optional[str] = None, prefix: str = "sse") -> Flask:
+    config: Dict[str, Any] = {"SSE_REDIS_PREFIX": prefix}
     if redis_url:
-        app.config["SSE_REDIS_URL"] = redis_url
-    SSE(app)
-    return app
+        config["SSE_REDIS_URL"] = redis_url
+    return create_app(config, sse=SSE())
 
 
-def test_publish_prints_the_id_and_stores_the_event(redis_server: Any, prefix: str) -> None:
+def test_publish_prints_the_id_and_stores_the_event(redis_server: RedisServer, prefix: str) -> None:
     app = make(redis_server.url, prefix)
     runner = app.test_cli_runner()
-    result = runner.invoke(args=["sse", "publish", "news", '{"a": [1, 2]}', "--json", "--event", "update", "--id", "n-1"])
+    result = runner.invoke(
+        args=["sse", "publish", "news", '{"a": [1, 2]}', "--json", "--event", "update", "--id", "n-1"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "n-1"
     with app.app_context():
-        [message] = app.extensions["sse"].broker.replay("news", "0-0").messages
+        [message] = get_state(app).broker.replay("news", "0-0").messages
     assert message.frame == b'event: update\ndata: {"a":[1,2]}\nid: n-1\n\n'
-    app.extensions["sse"].broker.close()
+    get_state(app).broker.close()
 
 
 def test_publish_errors_are_helpful() -> None:
@@ -50,7 +56,9 @@ def test_publish_when_redis_is_down_fails_clearly() -> None:
 
 def test_token_is_accepted_by_the_stream() -> None:
     app = make()
-    result = app.test_cli_runner().invoke(args=["sse", "token", "alice", "--channel", "news", "--expires", "60"])
+    result = app.test_cli_runner().invoke(
+        args=["sse", "token", "alice", "--channel", "news", "--expires", "60"]
+    )
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
     response = app.test_client().get(f"/stream?channel=news&token={token}", buffered=False)
@@ -61,11 +69,45 @@ def test_token_is_accepted_by_the_stream() -> None:
     assert bad.exit_code == 2 and "Invalid SSE channel name" in bad.output
 
 
-def test_stats_prints_json(redis_server: Any, prefix: str) -> None:
+def test_stats_prints_json_and_counts_serving_processes_only(
+    redis_server: RedisServer, prefix: str, start_server: StartServer
+) -> None:
+    """Regression: ``redis_processes`` counted the CLI's own connection as a server process."""
     app = make(redis_server.url, prefix)
-    result = app.test_cli_runner().invoke(args=["sse", "stats"])
-    assert result.exit_code == 0, result.output
-    stats = json.loads(result.stdout)
-    assert stats["streams"] == 0 and stats["published"] == 0
-    assert stats["redis_processes"] >= 1  # this process's own connection at least
-    app.extensions["sse"].broker.close()
+
+    def stats() -> Dict[str, Any]:
+        result = app.test_cli_runner().invoke(args=["sse", "stats"])
+        assert result.exit_code == 0, result.output
+        value: Dict[str, Any] = json.loads(result.stdout)
+        return value
+
+    try:
+        first = stats()
+        assert first["streams"] == 0 and first["published"] == 0
+        assert first["redis_processes"] == 0
+        start_server(config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix}, workers=2)
+        wait_until(lambda: stats()["redis_processes"] == 2, timeout=10, message=stats)
+    finally:
+        get_state(app).broker.close()
+
+
+def test_presence_counts_the_streams_of_every_process(
+    redis_server: RedisServer, prefix: str, start_server: StartServer
+) -> None:
+    app = make(redis_server.url, prefix)
+    server = start_server(config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix})
+    streams = [RawStream(server.port, "/stream?channel=lobby") for _ in range(2)]
+    for stream in streams:
+        stream.opening()
+
+    def presence() -> str:
+        result = app.test_cli_runner().invoke(args=["sse", "presence", "lobby"])
+        assert result.exit_code == 0, result.output
+        return str(result.stdout.strip())
+
+    try:
+        wait_until(lambda: presence() == "2", timeout=10, message=presence)
+        result = app.test_cli_runner().invoke(args=["sse", "presence", "bad channel"])
+        assert result.exit_code != 0 and "Invalid SSE channel name" in result.output
+    finally:
+        get_state(app).broker.close()

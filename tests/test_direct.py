@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Dict, Iterator, Optional
 
-from conftest import Server
-from sse_client import HEARTBEAT, RawStream, request
+from flask import Response
+
+from flask_sse_ext import SSE
+from support.app import create_app
+from support.client import HEARTBEAT, RawStream, request
+from support.server import Server, StartServer
+from support.waiting import wait_until
 
 
 class PostStream(RawStream):
@@ -15,11 +20,8 @@ class PostStream(RawStream):
 
     def __init__(self, port: int, path: str, body: object) -> None:
         payload = json.dumps(body)
-        super().__init__(
-            port, path,
-            headers={"Content-Type": "application/json", "Content-Length": str(len(payload))},
-            method="POST", body=payload.encode(),
-        )  # fmt: skip
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(payload))}
+        super().__init__(port, path, headers=headers, method="POST", body=payload.encode())
 
 
 def test_post_with_json_body_streams_tokens_then_end(server: Server) -> None:
@@ -30,7 +32,11 @@ def test_post_with_json_body_streams_tokens_then_end(server: Server) -> None:
     assert stream.chunk() == b"retry: 3000\n\n"
     events = stream.events(5)
     assert [(e.type, e.data) for e in events] == [
-        ("token", "You"), ("token", "said:"), ("token", "hello"), ("token", "there"), ("sse.end", ""),
+        ("token", "You"),
+        ("token", "said:"),
+        ("token", "hello"),
+        ("token", "there"),
+        ("sse.end", ""),
     ]
     assert stream.chunk() is None  # the response ends after the end event
 
@@ -62,23 +68,26 @@ def test_client_disconnect_stops_the_producer_promptly(server: Server) -> None:
     # The generator now sleeps 30 s in an "upstream call"; the heartbeat interval is 5 s.
     closed_at = time.time()
     stream.close()
-    deadline = time.monotonic() + 8
-    finished = None
-    while time.monotonic() < deadline and finished is None:
-        finished = request(server.port, "GET", "/finally/p1")[1]["at"]  # type: ignore[index]
-        time.sleep(0.05)
-    assert finished is not None, "the producer's finally never ran"
+
+    def finally_ran_at() -> Optional[float]:
+        at: Optional[float] = request(server.port, "GET", "/finally/p1")[1]["at"]
+        return at
+
+    finished = wait_until(
+        finally_ran_at, timeout=8, message="the producer's finally never ran", interval=0.05
+    )
     assert finished - closed_at < 5.0  # within one heartbeat interval
     print(f"producer finally ran {finished - closed_at:.3f}s after the client closed")
 
 
-def test_generator_error_ends_with_an_error_event_without_leaking(start_server: Any) -> None:
-    server: Server = start_server()  # its log gets the app's traceback, on purpose
+def test_generator_error_ends_with_an_error_event_without_leaking(start_server: StartServer) -> None:
+    server = start_server()  # its log gets the app's traceback, on purpose
     stream = RawStream(server.port, "/fail")
     stream.opening()
     events = stream.events(2)
     assert [(e.type, e.data) for e in events] == [
-        ("message", "ok"), ("sse.error", '{"error":"internal error"}'),
+        ("message", "ok"),
+        ("sse.error", '{"error":"internal error"}'),
     ]
     assert stream.chunk() is None
     exposed = RawStream(server.port, "/fail?expose=1")
@@ -89,17 +98,13 @@ def test_generator_error_ends_with_an_error_event_without_leaking(start_server: 
 
 def test_direct_stream_in_the_threaded_dev_server() -> None:
     """Without gevent, a thread runs the generator; the writer still heartbeats."""
-    from flask import Flask
-
-    from flask_sse_ext import SSE
-
-    app = Flask(__name__)
-    sse = SSE(app)
+    sse = SSE()
+    app = create_app(sse=sse)
     stopped = []
 
     @app.get("/gen")
-    def gen():  # type: ignore[no-untyped-def]
-        def items():  # type: ignore[no-untyped-def]
+    def gen() -> Response:
+        def items() -> Iterator[Dict[str, int]]:
             try:
                 yield {"n": 1}
                 time.sleep(0.6)
@@ -110,7 +115,7 @@ def test_direct_stream_in_the_threaded_dev_server() -> None:
         return sse.response(items(), heartbeat=0.2)
 
     response = app.test_client().get("/gen", buffered=False)
-    chunks = list(response.response)
+    chunks = list(response.iter_encoded())
     assert chunks[0] == b"retry: 3000\n\n"
     body = b"".join(c for c in chunks if c != HEARTBEAT)
     assert body == b'retry: 3000\n\ndata: {"n":1}\n\ndata: {"n":2}\n\nevent: sse.end\ndata: \n\n'

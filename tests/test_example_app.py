@@ -18,12 +18,16 @@ import struct
 import subprocess
 import sys
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
-from conftest import ROOT, Server
-from conftest_ports import free_port
 from flask_sse_ext import Publisher
-from redis_server import RedisServer
+from support.paths import ROOT
+from support.ports import free_port
+from support.redis import RedisServer
+from support.server import Server, StartServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 APP = "example_app:app"
 CONF = ["-c", str(ROOT / "gunicorn.conf.py")]
@@ -32,34 +36,44 @@ SCREENSHOT = ROOT / "docs" / "screenshot.png"
 SAMPLES = "Number(document.getElementById('samples').textContent)"
 
 
-def base_url(server: Server) -> str:
-    return f"http://127.0.0.1:{server.port}"
+def text(page: Page, selector: str) -> str:
+    """The text content of the element ``selector`` finds."""
+    content = page.text_content(selector)
+    assert content is not None, selector
+    return content
 
 
-def wait_open(page: Any) -> None:
+def attribute(page: Page, selector: str, name: str) -> str:
+    value = page.get_attribute(selector, name)
+    assert value is not None, (selector, name)
+    return value
+
+
+def wait_open(page: Page) -> None:
     page.wait_for_selector("#conn-state[data-state=open]", timeout=10_000)
 
 
-def sign_in(page: Any, base: str, name: str, then: str = "/notifications") -> None:
+def sign_in(page: Page, base: str, name: str, then: str = "/notifications") -> None:
     page.goto(f"{base}/login?next={then}")
     page.get_by_role("button", name=f"Sign in as {name}").click()
     page.wait_for_url(base + then)
     wait_open(page)
 
 
-def feed(page: Any) -> List[str]:
+def feed(page: Page) -> List[str]:
     """The broadcast messages on the dashboard, newest first, without their times."""
-    return page.eval_on_selector_all(
+    texts: List[str] = page.eval_on_selector_all(
         "#messages li:not(.empty)", "items => items.map(li => li.lastChild.textContent)"
     )
+    return texts
 
 
 # --- Dashboard --------------------------------------------------------------------------------
 
 
-def test_dashboard_chart_grows_with_metric_events(start_server: Any, browser: Any) -> None:
-    server: Server = start_server(app=APP, args=CONF, env={"METRICS_INTERVAL": "0.1"})
-    base = base_url(server)
+def test_dashboard_chart_grows_with_metric_events(start_server: StartServer, browser: Browser) -> None:
+    server = start_server(app=APP, args=CONF, env={"METRICS_INTERVAL": "0.1"})
+    base = server.url
     alice = browser.new_context(viewport={"width": 1000, "height": 700})
     bob = browser.new_context()
     try:
@@ -75,9 +89,9 @@ def test_dashboard_chart_grows_with_metric_events(start_server: Any, browser: An
         first = page.evaluate(points)
         page.wait_for_function(f"{points} === 60")  # the chart keeps the last 60 samples
         assert page.evaluate(points) > first
-        assert int(page.get_attribute("#chart", "data-received")) >= 60
+        assert int(attribute(page, "#chart", "data-received")) >= 60
         assert page.text_content("#conn-state") == "open"
-        assert page.text_content("#last-id").startswith("~")  # a compound id: several channels
+        assert text(page, "#last-id").startswith("~")  # a compound id: several channels
 
         # A broadcast from the form, and a notification from bob: the badge counts it.
         page.fill("#broadcast input[name=message]", "Deploy finished")
@@ -111,9 +125,9 @@ def png_size(data: bytes) -> Tuple[int, int]:
 # --- Notifications ----------------------------------------------------------------------------
 
 
-def test_a_notification_reaches_its_recipient_only(start_server: Any, browser: Any) -> None:
-    server: Server = start_server(app=APP, args=CONF)
-    base = base_url(server)
+def test_a_notification_reaches_its_recipient_only(start_server: StartServer, browser: Browser) -> None:
+    server = start_server(app=APP, args=CONF)
+    base = server.url
     contexts = [browser.new_context(), browser.new_context()]
     try:
         alice, bob = (context.new_page() for context in contexts)
@@ -158,9 +172,9 @@ def test_a_notification_reaches_its_recipient_only(start_server: Any, browser: A
 # --- Jobs and token streaming -----------------------------------------------------------------
 
 
-def test_job_progress_bar_reaches_100_percent(start_server: Any, page: Any) -> None:
-    server: Server = start_server(app=APP, args=CONF)
-    page.goto(base_url(server) + "/jobs")
+def test_job_progress_bar_reaches_100_percent(start_server: StartServer, page: Page) -> None:
+    server = start_server(app=APP, args=CONF)
+    page.goto(server.url + "/jobs")
     wait_open(page)
     page.click("#start-job button")
     page.wait_for_selector(".job[data-state=running]")
@@ -172,9 +186,9 @@ def test_job_progress_bar_reaches_100_percent(start_server: Any, page: Any) -> N
     assert page.evaluate("document.querySelector('.job .fill').style.width") == "100%"
 
 
-def test_chat_renders_tokens_as_they_arrive(start_server: Any, page: Any) -> None:
-    server: Server = start_server(app=APP, args=CONF)
-    page.goto(base_url(server) + "/chat")
+def test_chat_renders_tokens_as_they_arrive(start_server: StartServer, page: Page) -> None:
+    server = start_server(app=APP, args=CONF)
+    page.goto(server.url + "/chat")
     wait_open(page)
     page.fill("#ask input[name=prompt]", "What is SSE?")
     page.click("#ask button")
@@ -183,25 +197,27 @@ def test_chat_renders_tokens_as_they_arrive(start_server: Any, page: Any) -> Non
         "(() => { const b = document.querySelector('.bubble.bot');"
         " return b && b.classList.contains('streaming') && Number(b.dataset.tokens) >= 5; })()"
     )
-    partial = page.text_content(".bubble.bot")
+    partial = text(page, ".bubble.bot")
     page.wait_for_selector(".bubble.bot.done", timeout=15_000)
-    answer = page.text_content(".bubble.bot")
+    answer = text(page, ".bubble.bot")
     assert partial and answer.startswith(partial) and len(answer) > len(partial)
     assert answer.startswith("You asked: \u201cWhat is SSE?\u201d.")
     assert answer.endswith("the answer is complete.")
-    assert int(page.get_attribute(".bubble.bot", "data-tokens")) == len(answer.split())
+    assert int(attribute(page, ".bubble.bot", "data-tokens")) == len(answer.split())
 
 
 # --- Restarts -----------------------------------------------------------------------------------
 
 
-def on_fixed_port(start_server: Any, env: Optional[Dict[str, str]] = None) -> Tuple[str, Any]:
-    """The URL of a port of the test's own, and a function that starts a server listening on it
-    (besides the fixture's free port): one server after another, as a restart does."""
+def on_fixed_port(
+    start_server: StartServer, env: Optional[Dict[str, str]] = None
+) -> Tuple[str, Callable[[], Server]]:
+    """The URL of a port of the test's own, and a function that starts a server on it: one
+    server after another, as a restart does."""
     port = free_port()
 
     def start() -> Server:
-        return start_server(app=APP, args=[*CONF, "-b", f"127.0.0.1:{port}"], env=env or {})
+        return start_server(app=APP, args=CONF, env=env, port=port)
 
     return f"http://127.0.0.1:{port}", start
 
@@ -216,7 +232,7 @@ def assert_reconnected(states: List[str]) -> None:
     assert states[1:] == ["open", "reconnecting"] * (len(states) // 2 - 1) + ["open"], states
 
 
-def test_page_reconnects_after_a_restart_and_goes_on(start_server: Any, page: Any) -> None:
+def test_page_reconnects_after_a_restart_and_goes_on(start_server: StartServer, page: Page) -> None:
     """In-process broker: history dies with the process, so the page is told (sse.missed) and
     goes on with the events published after the restart, without a reload."""
     base, start = on_fixed_port(start_server)
@@ -241,9 +257,7 @@ def test_page_reconnects_after_a_restart_and_goes_on(start_server: Any, page: An
     page.wait_for_function(f"{SAMPLES} > {samples}")  # the new process publishes metrics
 
 
-def test_page_resumes_after_a_restart_without_losing_an_event(
-    start_server: Any, page: Any
-) -> None:
+def test_page_resumes_after_a_restart_without_losing_an_event(start_server: StartServer, page: Page) -> None:
     """Redis broker: the event published while no server runs is replayed after the restart,
     from the page's Last-Event-ID, once, in order."""
     redis = RedisServer()
@@ -293,9 +307,9 @@ def read_event(response: http.client.HTTPResponse) -> Dict[str, str]:
             fields[name] = value
 
 
-def test_a_plain_http_client_reads_published_events(start_server: Any) -> None:
+def test_a_plain_http_client_reads_published_events(start_server: StartServer) -> None:
     """What ``curl -N 'http://127.0.0.1:8000/stream?channel=news'`` shows."""
-    server: Server = start_server(app=APP, args=CONF)
+    server = start_server(app=APP, args=CONF)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
         conn.request("GET", "/stream?channel=news&channel=metrics")

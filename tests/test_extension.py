@@ -4,33 +4,43 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
+from typing import Any, Dict, List
 
 import pytest
-from flask import Flask, url_for
+from flask import Flask, Response, url_for
 
-import flask_sse_ext
 from flask_sse_ext import SSE, Event
+from flask_sse_ext.brokers.base import Message
+from flask_sse_ext.state import AppState, get_state
+from support.app import create_app
+from support.waiting import wait_until
 
 
-def history(app: Flask, channel: str) -> list:
-    """Every message the app's in-process broker keeps for ``channel``."""
-    broker = app.extensions["sse"].broker
-    return broker.replay(channel, broker._floor).messages
+def mark(app: Flask, channel: str) -> str:
+    """Publish a marker straight to the app's broker (no signal, no counter): ``history`` after
+    it is what the test publishes from then on."""
+    return get_state(app).broker.publish(channel, b"data: marker\n").id
 
 
-def test_public_names() -> None:
-    assert sorted(flask_sse_ext.__all__) == [
-        "AuthError", "BrokerError", "END_EVENT", "ERROR_EVENT", "Event", "Identity", "MISSED_EVENT",
-        "Publisher", "SSE", "private_channel",
-    ]
-    for name in flask_sse_ext.__all__:
-        assert getattr(flask_sse_ext, name) is not None
+def history(app: Flask, channel: str, marker: str) -> List[Message]:
+    """Every message the app's broker keeps for ``channel`` after ``marker``."""
+    replay = get_state(app).broker.replay(channel, marker)
+    assert not replay.missed, "the marker is no longer in the history"
+    return replay.messages
 
 
 def test_state_lives_in_app_extensions(app: Flask, sse: SSE) -> None:
-    assert app.extensions["sse"].sse is sse
+    state = get_state(app)
+    assert isinstance(state, AppState) and app.extensions["sse"] is state
+    assert state.extension is sse
     assert not hasattr(sse, "app")
+    with app.app_context():
+        assert get_state() is state
+
+
+def test_get_state_of_an_app_without_the_extension_says_what_to_do(app: Flask) -> None:
+    with pytest.raises(RuntimeError, match="Did you forget to call 'init_app'"):
+        get_state(app)
 
 
 def test_url_for_stream(app: Flask, sse: SSE) -> None:
@@ -47,17 +57,13 @@ def test_url_prefix_from_config(app: Flask) -> None:
 
 def test_factory_and_two_apps_in_one_process() -> None:
     sse = SSE()
-    apps = []
-    for prefix in ("/a", "/b"):
-        app = Flask(__name__)
-        app.config["SSE_URL_PREFIX"] = prefix
-        sse.init_app(app)
-        apps.append(app)
+    apps = [create_app({"SSE_URL_PREFIX": prefix}, sse=sse) for prefix in ("/a", "/b")]
+    markers = [mark(app, "c") for app in apps]
     with apps[0].app_context():
         sse.publish("only in a", channel="c")
-    for app, expected in zip(apps, [1, 0]):
+    for app, marker, expected in zip(apps, markers, [1, 0]):
         with app.app_context():
-            assert len(history(app, "c")) == expected
+            assert len(history(app, "c", marker)) == expected
     client = apps[1].test_client()
     assert client.get("/b?channel=c", buffered=False).status_code == 200
     assert client.get("/a?channel=c").status_code == 404
@@ -98,10 +104,9 @@ def test_bad_config_value_names_the_key(app: Flask, key: str, value: object) -> 
 
 
 def test_constructor_options_are_defaults_under_config() -> None:
-    app = Flask(__name__)
-    app.config["SSE_RETRY"] = 500
+    app = create_app({"SSE_RETRY": 500})
     SSE(app, retry=100, heartbeat_interval=2)
-    settings = app.extensions["sse"].settings
+    settings = get_state(app).settings
     assert (settings.retry, settings.heartbeat_interval) == (500, 2.0)
 
 
@@ -111,10 +116,11 @@ def test_unknown_option_is_a_type_error() -> None:
 
 
 def test_publish_returns_id_and_type_alias(app: Flask, sse: SSE) -> None:
+    marker = mark(app, "news")
     with app.app_context():
         generated = sse.publish({"a": 1}, type="update", channel="news")
         given = sse.publish("hi", event="greeting", id="g-1", retry=10, channel="news")
-        messages = history(app, "news")
+        messages = history(app, "news", marker)
     assert given == "g-1"
     assert [m.id for m in messages] == [generated, "g-1"]
     assert messages[0].frame == b'event: update\ndata: {"a":1}\nid: ' + generated.encode() + b"\n\n"
@@ -143,18 +149,21 @@ def test_generated_ids_increase(app: Flask, sse: SSE) -> None:
         ({"data": "x" * 2000}, r"over the limit of 1000 \(SSE_MAX_EVENT_BYTES\)"),
     ],
 )
-def test_publish_bad_input_is_value_error(app: Flask, kwargs: dict, match: str) -> None:
+def test_publish_bad_input_is_value_error(app: Flask, kwargs: Dict[str, Any], match: str) -> None:
     app.config["SSE_MAX_EVENT_BYTES"] = 1000
     sse = SSE(app)
     kwargs.setdefault("data", "x")
+    marker = mark(app, "sse")
     with app.app_context():
         with pytest.raises(ValueError, match=match):
             sse.publish(**kwargs)
         # Nothing was stored.
-        assert history(app, "sse") == []
+        assert history(app, "sse", marker) == []
 
 
 def test_publish_from_cli_command_and_background_thread(app: Flask, sse: SSE) -> None:
+    marker = mark(app, "ops")
+
     @app.cli.command("announce")
     def announce() -> None:
         print(sse.publish("from cli", channel="ops"))
@@ -170,13 +179,21 @@ def test_publish_from_cli_command_and_background_thread(app: Flask, sse: SSE) ->
     thread.start()
     thread.join()
     with app.app_context():
-        messages = history(app, "ops")
+        messages = history(app, "ops", marker)
     assert [m.id for m in messages][0] == result.output.strip()
     assert [m.body for m in messages] == [b"data: from cli\n", b"data: from job\n"]
 
 
-ZERO = {"streams": 0, "channels": 0, "subscriptions": 0, "published": 0, "delivered": 0,
-        "replayed": 0, "lagged": 0, "broker_reconnects": 0}  # fmt: skip
+ZERO = {
+    "streams": 0,
+    "channels": 0,
+    "subscriptions": 0,
+    "published": 0,
+    "delivered": 0,
+    "replayed": 0,
+    "lagged": 0,
+    "broker_reconnects": 0,
+}
 
 
 def test_stats_and_signals(app: Flask, sse: SSE) -> None:
@@ -191,13 +208,14 @@ def test_stats_and_signals(app: Flask, sse: SSE) -> None:
         first = sse.publish("before", channel="a")
     response = client.get("/stream?channel=a&channel=b", headers={"Last-Event-ID": "~0.0"}, buffered=False)
     with app.app_context():
-        assert sse.stats() == {**ZERO, "streams": 1, "channels": 2, "subscriptions": 2,
-                               "published": 1}  # fmt: skip
+        assert sse.stats() == {**ZERO, "streams": 1, "channels": 2, "subscriptions": 2, "published": 1}
     response.close()
     with app.app_context():
         assert sse.stats() == {**ZERO, "published": 1}
     assert [(name, sender) for name, sender, _ in seen] == [
-        ("sse-event-published", app), ("sse-stream-opened", app), ("sse-stream-closed", app),
+        ("sse-event-published", app),
+        ("sse-stream-opened", app),
+        ("sse-stream-closed", app),
     ]
     assert seen[0][2] == {"channel": "a", "id": first}
     assert seen[1][2] == {"channels": ("a", "b"), "identity": None}
@@ -252,7 +270,7 @@ def test_dropped_response_releases_its_stream_and_slot(app: Flask) -> None:
     fail = [True]
 
     @app.after_request
-    def explode(response):  # type: ignore[no-untyped-def]
+    def explode(response: Response) -> Response:
         if fail[0]:
             raise RuntimeError("after_request failed")
         return response
@@ -263,8 +281,8 @@ def test_dropped_response_releases_its_stream_and_slot(app: Flask) -> None:
         assert app.test_client().get("/stream?channel=c").status_code == 500
     fail[0] = False
     gc.collect()  # the failed responses sit in reference cycles with their tracebacks
-    time.sleep(0.2)
     with app.app_context():
+        wait_until(lambda: sse.stats()["streams"] == sse.stats()["subscriptions"] == 0, message=sse.stats)
         assert sse.stats()["streams"] == 0 and sse.stats()["subscriptions"] == 0
     response = app.test_client().get("/stream?channel=c", buffered=False)
     assert response.status_code == 200  # the slot was given back
@@ -284,7 +302,9 @@ def test_shutdown_sends_what_is_queued_then_ends(app: Flask, sse: SSE) -> None:
     with app.app_context():
         sse.publish("one", channel="c")
         sse.publish("two", channel="c")
-    app.extensions["sse"].hub.shutdown()
+    hub = get_state(app).hub
+    assert hub is not None  # the stream started it
+    hub.shutdown()
     rest = list(chunks)
     assert len(rest) == 1 and rest[0].count(b"data: ") == 2
     response.close()

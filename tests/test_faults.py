@@ -11,16 +11,20 @@ import signal
 import string
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Server
-from flask_sse_ext import Publisher
-from redis_server import RedisServer
-from sse_client import RawStream
+from flask_sse_ext import SSE, Publisher
+from support.app import create_app
+from support.client import RawStream
+from support.parser import ParsedEvent
+from support.redis import RedisServer
+from support.server import Server, StartServer
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -34,6 +38,8 @@ class ResumingClient(threading.Thread):
         self.received: List[str] = []
         self.last_id: Optional[str] = None
         self.reconnects = -1
+        #: Set once the first stream sent its opening chunk: the worker has subscribed it.
+        self.attached = threading.Event()
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -55,6 +61,7 @@ class ResumingClient(threading.Thread):
                         continue
                     if data is None:
                         break
+                    self.attached.set()
                     for event in stream.parser.feed(data):
                         self.received.append(event.data)
                         self.last_id = event.last_event_id
@@ -65,72 +72,90 @@ class ResumingClient(threading.Thread):
             time.sleep(0.05)
 
 
-def _run_with_fault(server: Server, redis_url: str, prefix: str, fault: Any, count: int = 150) -> List[ResumingClient]:
+def _run_with_fault(
+    server: Server, redis_url: str, prefix: str, fault: Callable[[], None], count: int = 150
+) -> List[ResumingClient]:
     clients = [ResumingClient(server.port, "flow") for _ in range(20)]
     for client in clients:
         client.start()
-    time.sleep(0.5)
-    publisher = Publisher(redis_url, prefix=prefix)
-    sent = []
     try:
-        for i in range(count):
-            sent.append(publisher.publish(str(i), channel="flow"))
-            if i == count // 3:
-                fault()
-            time.sleep(0.01)
+        # A client that attaches after the first publish never sees it: wait until every one
+        # has its stream open (the opening chunk comes once the worker has subscribed it).
+        wait_until(
+            lambda: all(c.attached.is_set() for c in clients),
+            timeout=20,
+            message=lambda: f"{sum(c.attached.is_set() for c in clients)} of 20 clients attached",
+        )
+        publisher = Publisher(redis_url, prefix=prefix)
+        try:
+            for i in range(count):
+                publisher.publish(str(i), channel="flow")
+                if i == count // 3:
+                    fault()
+                time.sleep(0.01)
+        finally:
+            publisher.close()
+        try:
+            wait_until(lambda: all(len(c.received) >= count for c in clients), timeout=20, interval=0.1)
+        except AssertionError:
+            pass  # the comparison below says which client lacks what
     finally:
-        publisher.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(len(c.received) < count for c in clients):
-        time.sleep(0.1)
-    for client in clients:
-        client.stop.set()
-    for client in clients:
-        client.join(5)
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(5)
     expected = [str(i) for i in range(count)]
     for client in clients:
         assert client.received == expected, (len(client.received), client.reconnects)
     return clients
 
 
-def test_worker_sigkilled_while_events_flow(start_server: Any, redis_server: Any, prefix: str) -> None:
-    server: Server = start_server(
-        config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix, "SSE_RETRY": 100},
-        workers=2,
-    )  # fmt: skip
-    victim = server.worker_pids(2)[0]
-    clients = _run_with_fault(server, redis_server.url, prefix, lambda: os.kill(victim, signal.SIGKILL))
+def test_worker_sigkilled_while_events_flow(
+    start_server: StartServer, redis_server: RedisServer, prefix: str
+) -> None:
+    config = {"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix, "SSE_RETRY": 100}
+    server = start_server(config=config, workers=2)
+    server.worker_pids(2)
+
+    def worker_with_streams() -> Optional[int]:
+        stats = server.stats()  # from whichever worker answers
+        return int(stats["pid"]) if stats["streams"] else None
+
+    def kill() -> None:
+        # The streams may all sit on one worker: kill one that holds some.
+        os.kill(wait_until(worker_with_streams, message="no worker holds a stream"), signal.SIGKILL)
+
+    clients = _run_with_fault(server, redis_server.url, prefix, kill)
     reconnected = sum(1 for c in clients if c.reconnects > 0)
     print(f"SIGKILL: 20 clients x 150 events, all exactly once in order; {reconnected} clients reconnected")
     assert reconnected > 0  # the kill really cut some streams
 
 
-def test_rolling_restart_while_events_flow(start_server: Any, redis_server: Any, prefix: str) -> None:
-    server: Server = start_server(
-        config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix, "SSE_RETRY": 100},
-        workers=2, args=["-c", "gunicorn.conf.py"],
-    )  # fmt: skip
+def test_rolling_restart_while_events_flow(
+    start_server: StartServer, redis_server: RedisServer, prefix: str
+) -> None:
+    config = {"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix, "SSE_RETRY": 100}
+    server = start_server(config=config, workers=2, args=["-c", "gunicorn.conf.py"])
     old = set(server.worker_pids(2))
-    restart = {}
+    restart: Dict[str, float] = {}
 
     def hup() -> None:
         restart["start"] = time.monotonic()
         server.proc.send_signal(signal.SIGHUP)
 
         def watch() -> None:
-            while set(server.worker_pids()) & old:
-                time.sleep(0.05)
+            wait_until(lambda: not set(server.worker_pids()) & old, timeout=30, interval=0.05)
             restart["done"] = time.monotonic()
 
         threading.Thread(target=watch, daemon=True).start()
 
     clients = _run_with_fault(server, redis_server.url, prefix, hup)
-    deadline = time.monotonic() + 15
-    while "done" not in restart and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: "done" in restart, timeout=15, message="the old workers did not go", interval=0.1)
     took = restart["done"] - restart["start"]
-    print(f"HUP: old workers gone {took:.2f}s after the signal; "
-          f"{sum(c.reconnects for c in clients)} reconnects, no loss, no duplicate")  # fmt: skip
+    reconnects = sum(c.reconnects for c in clients)
+    print(
+        f"HUP: old workers gone {took:.2f}s after the signal; {reconnects} reconnects, no loss, no duplicate"
+    )
     assert took < 10  # graceful_timeout in gunicorn.conf.py
 
 
@@ -142,8 +167,8 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_client_that_stops_reading_is_cut_and_memory_stays_bounded(start_server: Any) -> None:
-    server: Server = start_server(config={"SSE_CLIENT_QUEUE_SIZE": 50})
+def test_client_that_stops_reading_is_cut_and_memory_stays_bounded(start_server: StartServer) -> None:
+    server = start_server(config={"SSE_CLIENT_QUEUE_SIZE": 50})
     worker = server.worker_pids(1)[0]
     stalled = RawStream(server.port, "/stream?channel=stall", rcvbuf=4096)
     stalled.opening()
@@ -151,7 +176,7 @@ def test_client_that_stops_reading_is_cut_and_memory_stays_bounded(start_server:
     reader.opening()
     before = _rss_kb(worker)
     payload = "x" * 20000
-    got: List[Any] = []
+    got: List[ParsedEvent] = []
     reading = threading.Thread(target=lambda: got.extend(reader.events(400, timeout=60)))
     reading.start()  # a healthy client reads along
     ids = [server.publish(data=f"{i}:{payload}", channel="stall") for i in range(400)]  # 8 MB
@@ -181,9 +206,7 @@ def test_client_that_stops_reading_is_cut_and_memory_stays_bounded(start_server:
 
 
 @pytest.mark.parametrize("broker", ["memory", "redis"])
-def test_10000_connect_disconnect_cycles_return_to_baseline(
-    start_server: Any, broker: str
-) -> None:
+def test_10000_connect_disconnect_cycles_return_to_baseline(start_server: StartServer, broker: str) -> None:
     config: Dict[str, Any] = {"SSE_HEARTBEAT_INTERVAL": 5}
     redis = None
     if broker == "redis":
@@ -198,9 +221,11 @@ def test_10000_connect_disconnect_cycles_return_to_baseline(
 
 def _churn(server: Server, redis: Optional[RedisServer]) -> None:
     RawStream(server.port, "/stream?channel=warmup").close()
-    time.sleep(0.3)
+    wait_until(
+        lambda: server.stats()["streams"] == server.stats()["subscriptions"] == 0, message=server.stats
+    )
     before = server.stats()
-    errors = []
+    errors: List[Exception] = []
 
     def churn(worker: int) -> None:
         for i in range(500):
@@ -218,12 +243,16 @@ def _churn(server: Server, redis: Optional[RedisServer]) -> None:
     for thread in threads:
         thread.join()
     took = time.monotonic() - started
-    deadline = time.monotonic() + 5
-    while server.stats()["streams"] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: server.stats()["streams"] == 0, interval=0.1)
+    except AssertionError:
+        pass  # the assertions below show what is left
     after = server.stats()
-    print(f"10,000 cycles ({'redis' if redis else 'memory'}) in {took:.1f}s: fds {before['fds']}->{after['fds']}, "
-          f"greenlets {before['greenlets']}->{after['greenlets']}, subscriptions -> {after['subscriptions']}")  # fmt: skip
+    kind = "redis" if redis else "memory"
+    print(
+        f"10,000 cycles ({kind}) in {took:.1f}s: fds {before['fds']}->{after['fds']}, "
+        f"greenlets {before['greenlets']}->{after['greenlets']}, subscriptions -> {after['subscriptions']}"
+    )
     assert not errors, errors[:3]
     assert after["streams"] == 0 and after["subscriptions"] == 0 and after["channels"] == 0
     assert after["fds"] <= before["fds"] + 2
@@ -240,9 +269,9 @@ _query_text = st.text(alphabet=string.printable, max_size=300)
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(channel=_query_text, cursor=_header_text, token=_query_text, header=_header_text)
-def test_hostile_http_input_never_5xx(server: Server, channel: str, cursor: str, token: str, header: str) -> None:
-    from urllib.parse import quote
-
+def test_hostile_http_input_never_5xx(
+    server: Server, channel: str, cursor: str, token: str, header: str
+) -> None:
     pid = server.stats()["pid"]
     path = f"/stream?channel={quote(channel)}&token={quote(token)}"
     stream = RawStream(server.port, path, headers={"Last-Event-ID": cursor, "X-Junk": header}, timeout=5)
@@ -261,13 +290,11 @@ def test_hostile_http_input_never_5xx(server: Server, channel: str, cursor: str,
     retry=st.one_of(st.none(), st.integers(min_value=-5, max_value=5), st.text(max_size=3)),
     channel=st.text(max_size=210),
 )
-def test_publish_hostile_input_is_value_error_or_ok(data: Any, event: Any, event_id: Any, retry: Any, channel: str) -> None:
-    from flask import Flask
-
-    from flask_sse_ext import SSE
-
-    app = Flask(__name__)
-    sse = SSE(app)
+def test_publish_hostile_input_is_value_error_or_ok(
+    data: Any, event: Any, event_id: Any, retry: Any, channel: str
+) -> None:
+    sse = SSE()
+    app = create_app(sse=sse)
     with app.app_context():
         try:
             returned = sse.publish(data, event=event, id=event_id, retry=retry, channel=channel)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Any
+from typing import Optional
 
-from conftest import ROOT, Server
 from flask_sse_ext import Publisher
 from flask_sse_ext.gunicorn import redact
-from sse_client import RawStream
+from support.client import RawStream
+from support.paths import ROOT
+from support.redis import RedisServer
+from support.server import StartServer
+from support.waiting import wait_until
 
 CONF = ["-c", str(ROOT / "gunicorn.conf.py")]
 
@@ -22,19 +25,17 @@ def test_redact() -> None:
     assert redact("channel=x&mytoken=abc") == "channel=x&mytoken=abc"
 
 
-def test_access_log_never_shows_tokens(start_server: Any) -> None:
-    server: Server = start_server(args=CONF)
+def test_access_log_never_shows_tokens(start_server: StartServer) -> None:
+    server = start_server(args=CONF)
     stream = RawStream(server.port, "/stream?channel=x&token=SUPERSECRETVALUE")
     assert stream.status == 401
     stream.close()
-    time.sleep(0.3)
-    log = server.log()
-    assert "token=[redacted]" in log
-    assert "SUPERSECRETVALUE" not in log
+    wait_until(lambda: "token=[redacted]" in server.log(), message=server.log)
+    assert "SUPERSECRETVALUE" not in server.log()
 
 
-def test_sigterm_ends_streams_at_once_and_the_server_stops_fast(start_server: Any) -> None:
-    server: Server = start_server(args=CONF)
+def test_sigterm_ends_streams_at_once_and_the_server_stops_fast(start_server: StartServer) -> None:
+    server = start_server(args=CONF)
     stream = RawStream(server.port, "/stream?channel=x")
     stream.opening()
     started = time.monotonic()
@@ -49,11 +50,9 @@ def test_sigterm_ends_streams_at_once_and_the_server_stops_fast(start_server: An
 
 
 def test_reload_hands_clients_over_without_loss(
-    start_server: Any, redis_server: Any, prefix: str
+    start_server: StartServer, redis_server: RedisServer, prefix: str
 ) -> None:
-    server: Server = start_server(
-        args=CONF, config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix}
-    )
+    server = start_server(args=CONF, config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix})
     publisher = Publisher(redis_server.url, prefix=prefix)
     try:
         stream = RawStream(server.port, "/stream?channel=deploy")
@@ -65,14 +64,16 @@ def test_reload_hands_clients_over_without_loss(
         stream.idle(5)
         assert stream.ended and time.monotonic() - started < 2.5
         during = [publisher.publish(f"during-{i}", channel="deploy") for i in range(3)]
-        deadline = time.monotonic() + 15
-        while True:  # the new worker may take a moment to boot
+
+        def resumed() -> Optional[RawStream]:
             again = RawStream(server.port, "/stream?channel=deploy", headers={"Last-Event-ID": first})
             if again.status == 200 and again.chunked:
-                break
+                return again
             again.close()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+            return None
+
+        # The new worker may take a moment to boot.
+        again = wait_until(resumed, timeout=15, message="no worker serves the stream", interval=0.2)
         again.opening()
         assert [(e.data, e.last_event_id) for e in again.events(3)] == [
             (f"during-{i}", during[i]) for i in range(3)
@@ -81,11 +82,11 @@ def test_reload_hands_clients_over_without_loss(
         publisher.close()
 
 
-def test_a_stream_ended_by_shutdown_closes_its_connection(start_server: Any) -> None:
+def test_a_stream_ended_by_shutdown_closes_its_connection(start_server: StartServer) -> None:
     """Regression: the browser reconnected over the same keep-alive connection to the stopping
     worker, which answered with one more short-lived stream before the reconnect reached a live
     worker."""
-    server: Server = start_server(args=CONF)
+    server = start_server(args=CONF)
     stream = RawStream(server.port, "/stream?channel=x")
     stream.opening()
     server.proc.send_signal(signal.SIGHUP)
@@ -94,8 +95,8 @@ def test_a_stream_ended_by_shutdown_closes_its_connection(start_server: Any) -> 
     assert stream.sock.recv(1) == b""  # the server closed the connection after the last chunk
 
 
-def test_max_requests_recycling_ends_streams_at_once(start_server: Any) -> None:
-    server: Server = start_server(args=[*CONF, "--max-requests", "3"])
+def test_max_requests_recycling_ends_streams_at_once(start_server: StartServer) -> None:
+    server = start_server(args=[*CONF, "--max-requests", "3"])
     stream = RawStream(server.port, "/stream?channel=x")
     stream.opening()
     started = time.monotonic()

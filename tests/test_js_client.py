@@ -1,22 +1,28 @@
 """The browser client (flask_sse_ext/static/sse-client.js) in a real headless Chromium.
 
-The page comes from ``apps.js_app`` under gunicorn and imports the client from the extension's
-static route. The app records every request it gets, so a test counts reconnections on the
-server side; the page wraps ``fetch`` to time every attempt the client makes.
+The page comes from the test app (``support.app``, recording requests) under gunicorn and
+imports the client from the extension's static route. The app records every request it gets,
+so a test counts reconnections on the server side; the page wraps ``fetch`` to time every
+attempt the client makes.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Union
 
 import pytest
 
-from conftest import ROOT, Server, start_gunicorn
-from conftest_ports import free_port
-from sse_client import request
+from support.client import request
+from support.paths import ROOT
+from support.ports import free_port
+from support.server import Server, StartServer
+from support.waiting import wait_until
 
-APP = "apps.js_app:app"
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+APP = "support.app:served(record_requests=True)"
 #: post_worker_init ends the streams of a stopping worker at once (see test_gunicorn).
 CONF = ["-c", str(ROOT / "gunicorn.conf.py")]
 #: A short server retry hint, so a client that wrongly reconnects does so within the test.
@@ -75,41 +81,29 @@ def _bounded() -> Iterator[None]:
     assert elapsed < 15, f"the test took {elapsed:.1f} s"
 
 
-@pytest.fixture
-def start_on_port() -> Iterator[Any]:
-    """Start ``apps.js_app`` under gunicorn on a given port (to restart a server in place)."""
-    started: List[Server] = []
-
-    def start(port: int, config: Dict[str, Any]) -> Server:
-        server = start_gunicorn(app=APP, config=config, args=CONF, port=port)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def open_page(page: Any, server: Server) -> None:
+def open_page(page: Page, server: Server) -> None:
     page.goto(f"http://127.0.0.1:{server.port}/")
     page.wait_for_function("window.ready === true", timeout=5000)
     page.evaluate(PRELUDE)
 
 
-def state(page: Any, name: str = "main") -> Dict[str, Any]:
-    return page.evaluate(STATE, name)  # type: ignore[no-any-return]
+def state(page: Page, name: str = "main") -> Dict[str, Any]:
+    got: Dict[str, Any] = page.evaluate(STATE, name)
+    return got
 
 
 def requests_to(server: Server, path: str) -> List[Dict[str, Optional[str]]]:
     status, body = request(server.port, "GET", f"/requests?path={path}")
     assert status == 200, body
-    return body  # type: ignore[return-value]
+    recorded: List[Dict[str, Optional[str]]] = body
+    return recorded
 
 
 def seen_ids(server: Server) -> List[Optional[str]]:
     status, body = request(server.port, "GET", "/seen-ids")
     assert status == 200, body
-    return body  # type: ignore[return-value]
+    ids: List[Optional[str]] = body
+    return ids
 
 
 # -- the parser ---------------------------------------------------------------------------
@@ -134,6 +128,7 @@ def msg(data: str, last_id: str = "", type: str = "message") -> Dict[str, str]:
 
 UTF8 = list("data: é✓\n\n".encode("utf-8"))
 #: (name, chunks, initial last event id, events, retries, last event id at the end)
+# fmt: off
 PARSER_CASES: List[Any] = [
     ("LF", ["data: a\n\n"], "", [msg("a")], [], ""),
     ("CR", ["data: a\rdata: b\r\r"], "", [msg("a\nb")], [], ""),
@@ -161,7 +156,7 @@ PARSER_CASES: List[Any] = [
         "retry with non-digits is ignored",
         ["retry: 1.5\nretry: 12a\nretry: -1\nretry:  10\nretry:\nretry\nretry: 0x10\nretry: 0\n"],
         "", [], [0], "",
-    ),  # fmt: skip
+    ),
     ("data without colon", ["data\ndata\ndata: x\n\n"], "", [msg("\n\nx")], [], ""),
     ("data alone is an empty event", ["data\n\n"], "", [msg("")], [], ""),
     ("one space removed", ["data:x\n\ndata:  two \n\n"], "", [msg("x"), msg(" two ")], [], ""),
@@ -172,10 +167,11 @@ PARSER_CASES: List[Any] = [
     ("unfinished event", ["data: a\n\ndata: never"], "", [msg("a")], [], ""),
     ("trailing LF of data", ["data: a\ndata:\n\n"], "", [msg("a\n")], [], ""),
 ]
+# fmt: on
 
 
-def test_parser_follows_the_spec(start_server: Any, page: Any) -> None:
-    server: Server = start_server(app=APP)
+def test_parser_follows_the_spec(start_server: StartServer, page: Page) -> None:
+    server = start_server(app=APP)
     open_page(page, server)
     failures = []
     for name, chunks, initial, events, retries, last_id in PARSER_CASES:
@@ -190,9 +186,9 @@ def test_parser_follows_the_spec(start_server: Any, page: Any) -> None:
 
 
 def test_post_stream_delivers_tokens_then_ends_without_reconnecting(
-    start_server: Any, page: Any
+    start_server: StartServer, page: Page
 ) -> None:
-    server: Server = start_server(app=APP, config=FAST)
+    server = start_server(app=APP, config=FAST)
     open_page(page, server)
     page.evaluate(
         """() => open_("main", "/chat", {
@@ -202,9 +198,8 @@ def test_post_stream_delivers_tokens_then_ends_without_reconnecting(
     )
     page.wait_for_function("window.runs.main.closed", timeout=5000)
     got = state(page)
-    assert [(e["type"], e["data"]) for e in got["events"]] == [
-        ("token", "You"), ("token", "said:"), ("token", "hello"), ("token", "there"), ("sse.end", ""),
-    ]  # fmt: skip
+    expected = [("token", "You"), ("token", "said:"), ("token", "hello"), ("token", "there"), ("sse.end", "")]
+    assert [(e["type"], e["data"]) for e in got["events"]] == expected
     assert got["readyState"] == CLOSED and got["opens"] == 1 and got["errors"] == []
     page.wait_for_timeout(600)  # the server's retry: is 100 ms, the client's 50 ms
     chats = requests_to(server, "/chat")
@@ -225,8 +220,8 @@ async ([name, identity]) => {
 """
 
 
-def test_bearer_token_opens_a_channel_only_alice_may_read(start_server: Any, page: Any) -> None:
-    server: Server = start_server(app=APP, config=FAST)
+def test_bearer_token_opens_a_channel_only_alice_may_read(start_server: StartServer, page: Page) -> None:
+    server = start_server(app=APP, config=FAST)
     open_page(page, server)
     page.evaluate(TOKEN_THEN_OPEN, ["main", "alice"])
     page.wait_for_function("window.runs.main.opens === 1", timeout=5000)
@@ -238,9 +233,9 @@ def test_bearer_token_opens_a_channel_only_alice_may_read(start_server: Any, pag
 
 
 def test_refused_stream_reports_the_status_and_does_not_reconnect(
-    start_server: Any, page: Any
+    start_server: StartServer, page: Page
 ) -> None:
-    server: Server = start_server(app=APP, config=FAST)
+    server = start_server(app=APP, config=FAST)
     open_page(page, server)
     page.evaluate("""() => open_("anonymous", "/stream?channel=secret", {retry: 50})""")
     page.evaluate(TOKEN_THEN_OPEN, ["bob", "bob"])
@@ -258,9 +253,9 @@ def test_refused_stream_reports_the_status_and_does_not_reconnect(
 
 @pytest.mark.parametrize("path, status", [("/gone", 204), ("/forbidden", 403)])
 def test_no_content_or_client_error_stops_after_one_request(
-    start_server: Any, page: Any, path: str, status: int
+    start_server: StartServer, page: Page, path: str, status: int
 ) -> None:
-    server: Server = start_server(app=APP, config=FAST)
+    server = start_server(app=APP, config=FAST)
     open_page(page, server)
     page.evaluate("(path) => open_('main', path, {retry: 20})", path)
     page.wait_for_function("window.runs.main.closed", timeout=5000)
@@ -274,8 +269,8 @@ def test_no_content_or_client_error_stops_after_one_request(
     assert page.evaluate("window.fetches.length") == 1
 
 
-def test_abort_signal_closes_the_stream_for_good(start_server: Any, page: Any) -> None:
-    server: Server = start_server(app=APP, config=FAST)
+def test_abort_signal_closes_the_stream_for_good(start_server: StartServer, page: Page) -> None:
+    server = start_server(app=APP, config=FAST)
     open_page(page, server)
     page.evaluate("""() => open_("main", "/stream?channel=live", {retry: 20})""")
     page.wait_for_function("window.runs.main.opens === 1", timeout=5000)
@@ -283,10 +278,8 @@ def test_abort_signal_closes_the_stream_for_good(start_server: Any, page: Any) -
     page.wait_for_function("window.runs.main.events.length === 1", timeout=5000)
     assert page.evaluate("window.runs.main.controller.abort(), window.runs.main.conn.readyState") == CLOSED
     page.wait_for_function("window.runs.main.closed", timeout=2000)
-    deadline = time.monotonic() + 3
-    while server.stats()["streams"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.stats()["streams"] == 0  # the server saw the connection go
+    # The server sees the connection go.
+    wait_until(lambda: server.stats()["streams"] == 0, timeout=3, message=server.stats, interval=0.05)
     server.publish(data="two", channel="live")
     page.wait_for_timeout(500)
     got = state(page)
@@ -298,11 +291,9 @@ def test_abort_signal_closes_the_stream_for_good(start_server: Any, page: Any) -
 # -- reconnection --------------------------------------------------------------------------
 
 
-def test_resumes_with_last_event_id_after_the_server_restarts(
-    start_on_port: Any, page: Any
-) -> None:
+def test_resumes_with_last_event_id_after_the_server_restarts(start_server: StartServer, page: Page) -> None:
     port = free_port()
-    first: Server = start_on_port(port, FAST)
+    first = start_server(app=APP, config=FAST, args=CONF, port=port)
     open_page(page, first)
     page.evaluate("""() => open_("main", "/stream?channel=news", {retry: 50, maxRetry: 400})""")
     page.wait_for_function("window.runs.main.opens === 1", timeout=5000)
@@ -314,13 +305,11 @@ def test_resumes_with_last_event_id_after_the_server_restarts(
     first.stop()
     page.wait_for_function("window.runs.main.errors.length >= 2", timeout=5000)
     assert state(page)["readyState"] == CONNECTING  # it keeps trying while nothing listens
-    second: Server = start_on_port(port, FAST)
+    second = start_server(app=APP, config=FAST, args=CONF, port=port)
     # The client finds the new server by itself. (A reconnect may first land on the stopping
     # worker over a kept-alive connection: the shutdown hook ends only the streams open when
     # the worker starts to stop, so that one lasts until the graceful timeout.)
-    deadline = time.monotonic() + 8
-    while not seen_ids(second) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: seen_ids(second), timeout=8, message="the client did not reconnect", interval=0.05)
     # The in-process broker lost its history with the process: the id is unknown there.
     assert seen_ids(second) == [ids[1]]
     page.wait_for_function("window.runs.main.events.length === 3", timeout=5000)
@@ -338,8 +327,8 @@ def backoff_ceilings(base: int, cap: int, count: int) -> List[int]:
     return [min(cap, base * 2**n) for n in range(count)]
 
 
-def test_backoff_grows_with_jitter_up_to_max_retry(start_server: Any, page: Any) -> None:
-    server: Server = start_server(app=APP)
+def test_backoff_grows_with_jitter_up_to_max_retry(start_server: StartServer, page: Page) -> None:
+    server = start_server(app=APP)
     open_page(page, server)
     closed_port = free_port()  # nothing listens there: every attempt fails at once
     page.evaluate(
@@ -367,9 +356,9 @@ def test_backoff_grows_with_jitter_up_to_max_retry(start_server: Any, page: Any)
 
 
 def test_server_retry_sets_the_base_delay_and_open_resets_backoff(
-    start_server: Any, page: Any
+    start_server: StartServer, page: Page
 ) -> None:
-    server: Server = start_server(app=APP)
+    server = start_server(app=APP)
     open_page(page, server)
     # /flaky: a stream that sends "retry: 300" and ends, then 503 for every later request.
     page.evaluate("() => open_('main', '/flaky/a?retry=300', {retry: 5000, maxRetry: 10000})")
@@ -378,11 +367,9 @@ def test_server_retry_sets_the_base_delay_and_open_resets_backoff(
     got = state(page)
     assert got["opens"] == 1
     errors = got["errors"][:3]
-    assert [(e["message"], e["status"]) for e in errors] == [
-        ("The stream ended", 200), ("HTTP 503", 503), ("HTTP 503", 503),
-    ]  # fmt: skip
+    expected = [("The stream ended", 200), ("HTTP 503", 503), ("HTTP 503", 503)]
+    assert [(e["message"], e["status"]) for e in errors] == expected
     # Base 300 from the server (not the 5000 of the options), doubling from the open on.
     for error, ceiling in zip(errors, backoff_ceilings(300, 10000, 3)):
         assert ceiling / 2 <= error["retryIn"] <= ceiling, (errors, ceiling)
     assert len(requests_to(server, "/flaky/a")) == 3
-

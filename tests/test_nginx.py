@@ -1,7 +1,7 @@
 """The stream behind a real nginx with proxy_buffering on: live only thanks to X-Accel-Buffering.
 
 Each test starts its own gunicorn and nginx: docs/nginx.conf as documented, nginx's defaults, and
-a control location that ignores the header (see nginx_server.py).
+a control location that ignores the header (see ``support/nginx.py``).
 """
 
 from __future__ import annotations
@@ -9,30 +9,21 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import pytest
 
-from conftest import Server
-from nginx_server import DOCS_SITE, NginxServer
-from sse_client import HEARTBEAT, RawStream
-
-StartNginx = Callable[..., NginxServer]
-
-
-def _wait_streams(server: Server, count: int, timeout: float = 5.0) -> None:
-    """Wait until the worker holds ``count`` streams (attached and subscribed)."""
-    deadline = time.monotonic() + timeout
-    while server.stats()["streams"] != count:
-        assert time.monotonic() < deadline, f"the worker holds {server.stats()['streams']} streams"
-        time.sleep(0.02)
+from support.client import HEARTBEAT, RawStream
+from support.nginx import DOCS_SITE, StartNginx
+from support.server import StartServer
+from support.waiting import wait_until
 
 
 @pytest.mark.parametrize("site", [DOCS_SITE, None], ids=["docs-nginx.conf", "nginx-defaults"])
 def test_event_through_nginx_arrives_within_a_second(
-    start_server: Any, start_nginx: StartNginx, channel: str, site: Optional[Path]
+    start_server: StartServer, start_nginx: StartNginx, channel: str, site: Optional[Path]
 ) -> None:
-    server: Server = start_server(config={"SSE_HEARTBEAT_INTERVAL": 0.5})
+    server = start_server(config={"SSE_HEARTBEAT_INTERVAL": 0.5})
     nginx = start_nginx(server.port, site=site)
 
     # The app asks nginx not to buffer; nginx acts on the header and does not forward it.
@@ -76,20 +67,19 @@ def _read_until(sock: socket.socket, marker: bytes, deadline: float) -> bytes:
 
 
 def test_control_without_the_header_nginx_buffers_and_the_event_is_late(
-    start_server: Any, start_nginx: StartNginx, channel: str
+    start_server: StartServer, start_nginx: StartNginx, channel: str
 ) -> None:
     """The same measurement fails when nginx ignores X-Accel-Buffering: it buffers the stream
     (headers included) until the upstream response ends, here after SSE_MAX_CONNECTION_AGE."""
-    server: Server = start_server(
-        config={"SSE_HEARTBEAT_INTERVAL": 0.5, "SSE_MAX_CONNECTION_AGE": 2.5}
-    )
+    server = start_server(config={"SSE_HEARTBEAT_INTERVAL": 0.5, "SSE_MAX_CONNECTION_AGE": 2.5})
     nginx = start_nginx(server.port)
     with socket.create_connection(("127.0.0.1", nginx.port), timeout=5) as sock:
         sock.sendall(
             f"GET /buffered/stream?channel={channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             "Accept: text/event-stream\r\n\r\n".encode()
         )
-        _wait_streams(server, 1)
+        # The worker holds the stream (attached and subscribed).
+        wait_until(lambda: server.stats()["streams"] == 1, message=server.stats)
         started = time.monotonic()
         event_id = server.publish(data="held back", channel=channel)
         sock.settimeout(1)

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import pytest
 
-from conftest import ROOT, TESTS, Server
-from flask_sse_ext import BrokerError, Publisher
-from redis_server import RedisServer
-from sse_client import RawStream
+from flask_sse_ext import SSE, BrokerError, Publisher
+from flask_sse_ext.state import get_state
+from support.app import create_app
+from support.client import RawStream, request
+from support.paths import ROOT, TESTS
+from support.redis import RedisServer
+from support.server import Server, StartServer
+from support.waiting import wait_until
 
 
 def redis_config(redis: RedisServer, prefix: str, **extra: Any) -> Dict[str, Any]:
@@ -29,20 +34,21 @@ def connect(server: Server, query: str, **headers: str) -> RawStream:
     return stream
 
 
-def worker_connections(redis: RedisServer, prefix: str) -> Counter:
+def worker_connections(redis: RedisServer, prefix: str) -> Counter[str]:
     """Redis connections per process, by the client name the broker sets (prefix:pid)."""
     return Counter(c["name"] for c in redis.client_list() if c["name"].startswith(prefix + ":"))
 
 
 def test_300_clients_on_3_workers_get_every_event_once_in_order(
-    start_server: Any, redis_server: RedisServer, prefix: str
+    start_server: StartServer, redis_server: RedisServer, prefix: str
 ) -> None:
-    server: Server = start_server(config=redis_config(redis_server, prefix), workers=3)
+    server = start_server(config=redis_config(redis_server, prefix), workers=3)
     streams = [connect(server, "channel=fan") for _ in range(300)]
+    publisher = [sys.executable, "-m", "support.publish_proc", redis_server.url, prefix, "fan", "20"]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
     result = subprocess.run(
-        [sys.executable, str(TESTS / "apps" / "publish_proc.py"), redis_server.url, prefix, "fan", "20"],
-        capture_output=True, text=True, check=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+        publisher, capture_output=True, text=True, check=True, cwd=ROOT, env=env, timeout=60
+    )
     ids = json.loads(result.stdout)
     for stream in streams:
         events = stream.events(20, timeout=10)
@@ -55,7 +61,7 @@ def test_300_clients_on_3_workers_get_every_event_once_in_order(
 
 
 def test_reconnect_to_another_server_resumes_exactly(
-    start_server: Any, redis_server: RedisServer, prefix: str
+    start_server: StartServer, redis_server: RedisServer, prefix: str
 ) -> None:
     config = redis_config(redis_server, prefix)
     first, second = start_server(config=config), start_server(config=config)
@@ -79,7 +85,7 @@ def test_reconnect_to_another_server_resumes_exactly(
 
 
 def test_multi_channel_cursor_works_across_servers(
-    start_server: Any, redis_server: RedisServer, prefix: str
+    start_server: StartServer, redis_server: RedisServer, prefix: str
 ) -> None:
     config = redis_config(redis_server, prefix)
     first, second = start_server(config=config), start_server(config=config)
@@ -103,11 +109,9 @@ def test_multi_channel_cursor_works_across_servers(
 
 @pytest.mark.fault
 def test_redis_restart_while_publishing_loses_nothing(
-    start_server: Any, own_redis: RedisServer, prefix: str
+    start_server: StartServer, own_redis: RedisServer, prefix: str
 ) -> None:
-    server: Server = start_server(
-        config=redis_config(own_redis, prefix, SSE_HEARTBEAT_INTERVAL=0.5), workers=2
-    )
+    server = start_server(config=redis_config(own_redis, prefix, SSE_HEARTBEAT_INTERVAL=0.5), workers=2)
     streams = [connect(server, "channel=live") for _ in range(10)]
     publisher = Publisher(own_redis.url, prefix=prefix)
     sent: List[str] = []
@@ -127,33 +131,46 @@ def test_redis_restart_while_publishing_loses_nothing(
     thread = threading.Thread(target=publish)
     thread.start()
     try:
-        time.sleep(1)
+        wait_until(lambda: len(sent) >= 30, message="publishing did not start")
         own_redis.stop()
-        time.sleep(1.5)
+        # Down long enough that publishing fails again and again.
+        wait_until(lambda: len(failures) >= 20, message="publishing went on while Redis was down")
         own_redis.start()
-        time.sleep(2)
+        wait_until(lambda: "Reconnected to Redis" in server.log(), timeout=15, message=server.log)
+        resumed = len(sent)
+        wait_until(lambda: len(sent) >= resumed + 25, message="publishing did not resume")
     finally:
         stop.set()
         thread.join()
         publisher.close()
     assert failures, "publishing while Redis was down must raise"
     assert len(sent) > 50
+    # Redis may store an event and go down before it answers: the publisher hears an error,
+    # and the event is delivered all the same. What Redis holds is what every stream gets.
+    client = own_redis.client()
+    history = client.xrange(f"{prefix}:h:{{live}}")
+    entries = cast(List[Tuple[bytes, Dict[bytes, bytes]]], history)
+    stored = [fields[b"i"].decode() for _, fields in entries]
+    client.close()
+    assert set(sent) <= set(stored) and len(stored) - len(sent) <= 2, (sent, stored)
     for stream in streams:
-        got = [e.last_event_id for e in stream.events(len(sent), timeout=20)]
-        assert got == sent
+        got = [e.last_event_id for e in stream.events(len(stored), timeout=20)]
+        assert got == stored
         assert not stream.ended
     assert "Reconnected to Redis" in server.log()
-    print(f"Redis restart: {len(sent)} published, {len(failures)} refused with BrokerError; "
-          f"each of 10 open streams got all {len(sent)} once, in order, without reconnecting")  # fmt: skip
+    print(
+        f"Redis restart: {len(sent)} published, {len(failures)} refused with BrokerError; "
+        f"each of 10 open streams got all {len(sent)} once, in order, without reconnecting"
+    )
 
 
 @pytest.mark.fault
-def test_redis_back_without_its_data_makes_streams_resync(start_server: Any, prefix: str) -> None:
+def test_redis_back_without_its_data_makes_streams_resync(start_server: StartServer, prefix: str) -> None:
     """A Redis that comes back empty (no persistence) lost the history the streams' cursors
     point into: they end, and a reconnect with Last-Event-ID hears of the gap."""
     volatile = RedisServer()  # no persistence: a restart empties it
     try:
-        server: Server = start_server(config=redis_config(volatile, prefix))
+        server = start_server(config=redis_config(volatile, prefix))
         stream = connect(server, "channel=v")
         publisher = Publisher(volatile.url, prefix=prefix)
         try:
@@ -175,27 +192,27 @@ def test_redis_back_without_its_data_makes_streams_resync(start_server: Any, pre
 
 
 def test_app_starts_and_streams_recover_while_redis_is_down(
-    start_server: Any, own_redis: RedisServer, prefix: str
+    start_server: StartServer, own_redis: RedisServer, prefix: str
 ) -> None:
     own_redis.stop()
-    server: Server = start_server(config=redis_config(own_redis, prefix))
+    server = start_server(config=redis_config(own_redis, prefix))
     stream = RawStream(server.port, "/stream?channel=x")
     assert stream.status == 200
     assert stream.headers["content-type"].startswith("text/event-stream")
     # A complete, short body: EventSource reconnects after the retry delay.
     assert stream.body() == b"retry: 3000\n\n:broker unavailable, retry later\n\n"
-    from sse_client import request
-
     status, body = request(server.port, "POST", "/publish", {"data": "x", "channel": "x"})
-    assert status == 503 and "Redis did not take the event" in body["error"]  # type: ignore[index]
+    assert status == 503 and "Redis did not take the event" in body["error"]
     own_redis.start()
-    deadline = time.monotonic() + 15
-    while True:
+
+    def streaming() -> Optional[RawStream]:
         stream = RawStream(server.port, "/stream?channel=x")
-        if stream.chunked or time.monotonic() > deadline:
-            break
+        if stream.chunked:
+            return stream
         stream.close()
-        time.sleep(0.2)
+        return None
+
+    stream = wait_until(streaming, timeout=15, message="the stream did not recover", interval=0.2)
     assert stream.chunk() == b"retry: 3000\n\n"
     event_id = server.publish(data="back", channel="x")
     [event] = stream.events(1)
@@ -203,24 +220,19 @@ def test_app_starts_and_streams_recover_while_redis_is_down(
 
 
 def test_publisher_matches_sse_publish(redis_server: RedisServer, prefix: str) -> None:
-    from flask import Flask
-
-    from flask_sse_ext import SSE
-
-    app = Flask(__name__)
-    app.config.update(SSE_REDIS_URL=redis_server.url, SSE_REDIS_PREFIX=prefix)
-    sse = SSE(app)
+    sse = SSE()
+    app = create_app({"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix}, sse=sse)
     publisher = Publisher(redis_server.url, prefix=prefix)
     try:
         with app.app_context():
             a = sse.publish({"x": "é"}, type="t", id="one", retry=5, channel="same")
         b = publisher.publish({"x": "é"}, type="t", id="two", retry=5, channel="same")
         with app.app_context():
-            replay = app.extensions["sse"].broker.replay("same", "0-0")
+            replay = get_state(app).broker.replay("same", "0-0")
         assert [m.id for m in replay.messages] == [a, b]
         assert replay.messages[0].body == replay.messages[1].body
         with pytest.raises(ValueError, match="channel"):
             publisher.publish("x", channel="no spaces")
     finally:
         publisher.close()
-        app.extensions["sse"].broker.close()
+        get_state(app).broker.close()

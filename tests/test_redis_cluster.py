@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any, List
+from typing import List
 
 import redis
 
-from conftest import Server
 from flask_sse_ext import Publisher
 from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.brokers.redis import RedisBroker
-from redis_server import RedisCluster
-from sse_client import RawStream
+from support.client import RawStream
+from support.redis import RedisCluster
+from support.server import StartServer
+from support.waiting import wait_until
 
 CHANNELS = [f"room-{i}" for i in range(12)]
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+# redis-py leaves RedisCluster's node lookups (keyslot, get_node_from_key, get_primaries)
+# unannotated; mypy strict refuses such calls, hence the ignores below.
 
 
 def test_history_and_pubsub_of_a_channel_share_a_shard(redis_cluster: RedisCluster, prefix: str) -> None:
@@ -30,9 +25,9 @@ def test_history_and_pubsub_of_a_channel_share_a_shard(redis_cluster: RedisClust
     try:
         nodes = set()
         for channel in CHANNELS:
-            history, live = broker._history_key(channel), broker._pubsub_channel(channel)
-            assert client.keyslot(history) == client.keyslot(live)
-            nodes.add(client.get_node_from_key(history).name)
+            history, live = broker.history_key(channel), broker.pubsub_channel(channel)
+            assert client.keyslot(history) == client.keyslot(live)  # type: ignore[no-untyped-call]
+            nodes.add(client.get_node_from_key(history).name)  # type: ignore[no-untyped-call]
         assert len(nodes) == 3  # the channels really spread over every master
         sent = [broker.publish(c, b"data: %d\n" % i) for i, c in enumerate(CHANNELS)]
         for message in sent:
@@ -55,29 +50,27 @@ def test_live_delivery_uses_sharded_pubsub(redis_cluster: RedisCluster, prefix: 
             broker.subscribe(channel)
         broker.ready(CHANNELS, timeout=10)
         for channel in CHANNELS:
-            live = broker._pubsub_channel(channel)
-            node = client.get_node_from_key(live)
+            live = broker.pubsub_channel(channel)
+            node = client.get_node_from_key(live)  # type: ignore[no-untyped-call]
             reply = node.redis_connection.execute_command("PUBSUB", "SHARDNUMSUB", live)
             counts = dict(reply.items()) if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2]))
             # Subscribed once, on the shard that owns the channel.
             assert counts[live.encode()] == 1, counts
         # No classic (broadcast) subscription was made on any node.
-        assert all(n.redis_connection.pubsub_numpat() == 0 for n in client.get_primaries())
-        assert all(n.redis_connection.pubsub_channels() == [] for n in client.get_primaries())
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        assert all(n.redis_connection.pubsub_numpat() == 0 for n in primaries)
+        assert all(n.redis_connection.pubsub_channels() == [] for n in primaries)
         sent = [broker.publish(c, b"data: live\n") for c in CHANNELS]
-        wait_for(lambda: len(got) >= len(sent))
-        assert sorted((m.channel, m.position) for m in got) == sorted(
-            (m.channel, m.position) for m in sent
-        )
+        wait_until(lambda: len(got) >= len(sent), timeout=10)
+        assert sorted((m.channel, m.position) for m in got) == sorted((m.channel, m.position) for m in sent)
     finally:
         broker.close()
         client.close()
 
 
-def test_stream_over_cluster(start_server: Any, redis_cluster: RedisCluster, prefix: str) -> None:
-    server: Server = start_server(
-        config={"SSE_REDIS_URL": redis_cluster.url, "SSE_REDIS_CLUSTER": True, "SSE_REDIS_PREFIX": prefix}
-    )
+def test_stream_over_cluster(start_server: StartServer, redis_cluster: RedisCluster, prefix: str) -> None:
+    config = {"SSE_REDIS_URL": redis_cluster.url, "SSE_REDIS_CLUSTER": True, "SSE_REDIS_PREFIX": prefix}
+    server = start_server(config=config)
     stream = RawStream(server.port, "/stream?channel=room-1&channel=room-2")
     assert stream.status == 200
     stream.opening()
@@ -86,9 +79,8 @@ def test_stream_over_cluster(start_server: Any, redis_cluster: RedisCluster, pre
         publisher.publish("one", channel="room-1")
         publisher.publish("two", channel="room-2")
         assert sorted(e.data for e in stream.events(2)) == ["one", "two"]
-        cursor_stream = RawStream(
-            server.port, "/stream?channel=room-1", headers={"Last-Event-ID": publisher.publish("x", channel="room-1")}
-        )
+        cursor = publisher.publish("x", channel="room-1")
+        cursor_stream = RawStream(server.port, "/stream?channel=room-1", headers={"Last-Event-ID": cursor})
         cursor_stream.opening()
         publisher.publish("after", channel="room-1")
         assert [e.data for e in cursor_stream.events(1)] == ["after"]

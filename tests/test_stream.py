@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import List
+from typing import Dict, List
 
 import pytest
 
-from conftest import Server
-from sse_client import HEARTBEAT, RawStream, request
+from support.client import HEARTBEAT, RawStream, request
+from support.server import Server, StartServer
+from support.waiting import wait_until
 
 
 def assert_only_heartbeats(chunks: List[bytes]) -> None:
@@ -83,7 +84,7 @@ def test_cr_lf_nul_in_event_or_id_refused(server: Server, channel: str, field: s
     stream = open_stream(server, f"channel={channel}")
     status, body = request(server.port, "POST", "/publish", {"data": "x", field: bad, "channel": channel})
     assert status == 400
-    assert f"'{field}'" in body["error"] and "CR, LF or NUL" in body["error"]  # type: ignore[index]
+    assert f"'{field}'" in body["error"] and "CR, LF or NUL" in body["error"]
     # Nothing reached the stream: the next event is the next good one.
     good = server.publish(data="ok", channel=channel)
     assert stream.chunks(1) == [b"data: ok\nid: " + good.encode() + b"\n\n"]
@@ -98,7 +99,7 @@ def _datas(stream: RawStream, count: int) -> List[str]:
 def test_replay_after_generated_id_then_live(server: Server, channel: str, how: str) -> None:
     ids = [server.publish(data=f"e{i}", channel=channel) for i in range(5)]
     query = f"channel={channel}"
-    headers = {}
+    headers: Dict[str, str] = {}
     if how == "header":
         headers["Last-Event-ID"] = ids[1]
     else:
@@ -143,9 +144,7 @@ def test_multi_channel_resume_with_compound_cursor(server: Server, channel: str)
     again.close()
 
 
-def test_reconnects_under_continuous_publishing_lose_and_repeat_nothing(
-    server: Server, channel: str
-) -> None:
+def test_reconnects_under_continuous_publishing_lose_and_repeat_nothing(server: Server, channel: str) -> None:
     """Subscribe-first, replay, then de-duplicated live: no gap and no duplicate."""
     stop = threading.Event()
     published: List[str] = []
@@ -161,7 +160,7 @@ def test_reconnects_under_continuous_publishing_lose_and_repeat_nothing(
     thread.start()
     try:
         for _ in range(6):
-            headers = {"Last-Event-ID": cursor} if cursor else {}
+            headers: Dict[str, str] = {"Last-Event-ID": cursor} if cursor else {}
             stream = open_stream(server, f"channel={channel}", **headers)
             for event in stream.events(10, timeout=10):
                 received.append(event.data)
@@ -191,9 +190,7 @@ MALFORMED = ["~", "~zz", "~!!.??", "1-2-3", "99999999999999999999-1", "x" * 5000
 
 @pytest.mark.parametrize("value", MALFORMED)
 @pytest.mark.parametrize("channels", [1, 2])
-def test_malformed_last_event_id_never_5xx(
-    server: Server, channel: str, value: str, channels: int
-) -> None:
+def test_malformed_last_event_id_never_5xx(server: Server, channel: str, value: str, channels: int) -> None:
     query = "&".join(f"channel={channel}.{i}" for i in range(channels))
     stream = RawStream(server.port, "/stream?" + query, headers={"Last-Event-ID": value})
     if stream.status != 200:
@@ -210,8 +207,14 @@ def test_malformed_last_event_id_never_5xx(
 
 @pytest.mark.parametrize(
     "query",
-    ["channel=", "channel=a%20b", "channel=" + "x" * 201, "channel=%C3%A9", "channel=a%0Ab",
-     "channel=ok&channel=bad!"],
+    [
+        "channel=",
+        "channel=a%20b",
+        "channel=" + "x" * 201,
+        "channel=%C3%A9",
+        "channel=a%0Ab",
+        "channel=ok&channel=bad!",
+    ],
 )
 def test_bad_channel_name_is_400(server: Server, query: str) -> None:
     stream = RawStream(server.port, "/stream?" + query)
@@ -226,19 +229,22 @@ def test_too_many_channels_is_400(server: Server) -> None:
 
 
 def _wait_stats(server: Server, key: str, value: int, timeout: float) -> float:
+    """Wait until ``server.stats()[key] == value``; the seconds that took."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if server.stats()[key] == value:
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{key} stayed at {server.stats()[key]}, expected {value}")
+    wait_until(
+        lambda: server.stats()[key] == value,
+        timeout=timeout,
+        message=lambda: f"{key} stayed at {server.stats()[key]}, expected {value}",
+        interval=0.05,
+    )
+    return time.monotonic() - started
 
 
 @pytest.mark.parametrize("abrupt", [True, False], ids=["rst", "fin"])
 def test_vanished_clients_release_everything_within_a_heartbeat(
-    start_server: object, abrupt: bool
+    start_server: StartServer, abrupt: bool
 ) -> None:
-    server: Server = start_server(config={"SSE_HEARTBEAT_INTERVAL": 5})  # type: ignore[operator]
+    server: Server = start_server(config={"SSE_HEARTBEAT_INTERVAL": 5})
     before = server.stats()
     streams = [open_stream(server, f"channel=crowd&channel=own-{i}") for i in range(300)]
     assert server.stats()["streams"] == 300
@@ -258,8 +264,8 @@ def test_vanished_clients_release_everything_within_a_heartbeat(
     assert "Traceback" not in server.log()
 
 
-def test_max_connection_age_ends_stream_cleanly(start_server: object, channel: str) -> None:
-    server: Server = start_server(config={"SSE_MAX_CONNECTION_AGE": 1})  # type: ignore[operator]
+def test_max_connection_age_ends_stream_cleanly(start_server: StartServer, channel: str) -> None:
+    server: Server = start_server(config={"SSE_MAX_CONNECTION_AGE": 1})
     stream = open_stream(server, f"channel={channel}")
     started = time.monotonic()
     assert stream.idle(3) == []
@@ -270,8 +276,8 @@ def test_max_connection_age_ends_stream_cleanly(start_server: object, channel: s
 TOTAL = 150
 
 
-def test_client_that_cannot_keep_up_is_cut_and_replays(start_server: object, channel: str) -> None:
-    server: Server = start_server(config={"SSE_CLIENT_QUEUE_SIZE": 4})  # type: ignore[operator]
+def test_client_that_cannot_keep_up_is_cut_and_replays(start_server: StartServer, channel: str) -> None:
+    server: Server = start_server(config={"SSE_CLIENT_QUEUE_SIZE": 4})
     stream = RawStream(server.port, f"/stream?channel={channel}", rcvbuf=4096)
     stream.opening()
     big = "x" * 60000
@@ -297,23 +303,24 @@ def test_client_that_cannot_keep_up_is_cut_and_replays(start_server: object, cha
     again.close()
 
 
-def test_sync_worker_is_warned_about(start_server: object) -> None:
-    server: Server = start_server(args=["-k", "sync"])  # type: ignore[operator]
+def test_sync_worker_is_warned_about(start_server: StartServer) -> None:
+    server: Server = start_server(args=["-k", "sync"])
     stream = RawStream(server.port, "/stream?channel=x&channel=y")
     stream.opening()
     stream.close()
-    time.sleep(0.3)
-    assert "this gunicorn worker is synchronous, so one open stream blocks the whole worker" in server.log()
+    warning = "this gunicorn worker is synchronous, so one open stream blocks the whole worker"
+    wait_until(lambda: warning in server.log(), message=server.log)
 
 
-def test_memory_broker_with_several_workers_is_warned_about(start_server: object) -> None:
-    server: Server = start_server(workers=2)  # type: ignore[operator]
+def test_memory_broker_with_several_workers_is_warned_about(start_server: StartServer) -> None:
+    server: Server = start_server(workers=2)
     server.worker_pids(2)  # the warning is about workers that exist
     for _ in range(4):  # whichever worker answers warns
         stream = open_stream(server, "channel=x")
         stream.close()
-    time.sleep(0.3)
-    assert "several gunicorn workers share no in-process broker" in server.log()
+    wait_until(
+        lambda: "several gunicorn workers share no in-process broker" in server.log(), message=server.log
+    )
 
 
 def test_one_worker_with_memory_broker_is_not_warned_about(server: Server) -> None:

@@ -12,8 +12,9 @@ is live because the app sends ``X-Accel-Buffering: no``.
   ``proxy_pass`` someone else configured.
 - ``/buffered/`` (``proxy_pass`` with a URI strips the prefix): the same plus
   ``proxy_ignore_headers X-Accel-Buffering``, so nginx buffers, as it would for an app that
-  does not send the header. The control that shows the timing measurement can fail. ``proxy_hide_header`` would not do: it only keeps a header from the
-  client (nginx never forwards ``X-Accel-*`` anyway) and nginx still acts on it.
+  does not send the header. The control that shows the timing measurement can fail.
+  ``proxy_hide_header`` would not do: it only keeps a header from the client (nginx never
+  forwards ``X-Accel-*`` anyway) and nginx still acts on it.
 
 Over HTTP/1.1 (chunked) nginx 1.22 passes each upstream chunk on soon even when it buffers, so
 the control uses HTTP/1.0, where a buffered response waits for full buffers or the end.
@@ -30,13 +31,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Optional, Protocol
 
-import pytest
+from support.paths import ROOT
+from support.ports import free_port
+from support.waiting import wait_until
 
-from conftest_ports import free_port
+__all__ = ["DOCS_SITE", "NginxServer", "StartNginx"]
 
 NGINX = "/usr/sbin/nginx"
 
@@ -91,16 +93,14 @@ SITE = """\
 
 #: The documented site config; NginxServer(..., site=DOCS_SITE) runs it as it is, with only
 #: its upstream address and listen port changed.
-DOCS_SITE = Path(__file__).resolve().parent.parent / "docs" / "nginx.conf"
+DOCS_SITE = ROOT / "docs" / "nginx.conf"
 
 
 class NginxServer:
     """nginx on a free loopback port, proxying to ``127.0.0.1:upstream_port``: the test
     locations above, or the server blocks of ``site`` (a file such as ``DOCS_SITE``)."""
 
-    def __init__(
-        self, upstream_port: int, site: Optional[Path] = None, timeout: float = 10.0
-    ) -> None:
+    def __init__(self, upstream_port: int, site: Optional[Path] = None, timeout: float = 10.0) -> None:
         if not os.access(NGINX, os.X_OK):
             raise RuntimeError(f"{NGINX} is missing: apt-get install nginx")
         self.upstream_port = upstream_port
@@ -125,22 +125,19 @@ class NginxServer:
         with open(self.stderr_path, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
-            self._wait(timeout)
-        except RuntimeError as exc:
+            wait_until(self._listens, timeout=timeout, message=f"nginx does not listen on port {self.port}")
+        except (AssertionError, RuntimeError) as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n{self.log()}") from None
 
-    def _wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx does not listen on port {self.port} after {timeout}s")
+    def _listens(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {self.proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
 
     def log(self) -> str:
         """nginx's own output and error log, for assertion messages."""
@@ -179,17 +176,7 @@ def _adapt_site(text: str, port: int, upstream_port: int) -> str:
     return text
 
 
-@pytest.fixture
-def start_nginx() -> Iterator[Callable[..., NginxServer]]:
-    """Start nginx in front of a gunicorn port: ``start_nginx(server.port)``, or
-    ``start_nginx(server.port, site=DOCS_SITE)``; each is stopped after the test."""
-    started: List[NginxServer] = []
+class StartNginx(Protocol):
+    """The ``start_nginx`` fixture: nginx in front of a gunicorn port, stopped after the test."""
 
-    def start(upstream_port: int, site: Optional[Path] = None) -> NginxServer:
-        srv = NginxServer(upstream_port, site=site)
-        started.append(srv)
-        return srv
-
-    yield start
-    for srv in started:
-        srv.cleanup()
+    def __call__(self, upstream_port: int, site: Optional[Path] = None) -> NginxServer: ...

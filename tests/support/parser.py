@@ -2,7 +2,8 @@
 
 It follows section 9.2.6, "Interpreting an event stream" (and 9.2.5, the stream's
 grammar), as a browser's ``EventSource`` does. The tests use it to check what a
-client actually receives from the encoder in ``flask_sse_ext.event``.
+client actually receives from the encoder in ``flask_sse_ext.event``; its own tests, on the
+spec's examples and rules, are in ``tests/test_sse_parser.py``.
 
 Spec behaviour it keeps:
 

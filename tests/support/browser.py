@@ -7,8 +7,8 @@ that asks for it, with the command that installs it: it is never skipped.
 Playwright's sync API runs an asyncio event loop in a greenlet and leaves that loop marked as
 the thread's running loop between calls. Left so, any later test in the session that runs its
 own loop (``asyncio.run``, async views through asgiref) would fail with "cannot be called from
-a running event loop". The fixtures therefore mark it running only while a test that uses the
-browser runs (the function-scoped ``browser`` fixture). The test process must not be
+a running event loop". It is therefore marked running only inside ``playwright_loop``, which
+the function-scoped ``browser`` fixture enters for a test that uses the browser. The test process must not be
 monkey-patched by gevent (the suite runs gevent only inside the gunicorn subprocesses).
 """
 
@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser
+
+__all__ = ["CHROMIUM", "launch_chromium", "playwright_loop"]
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -60,7 +62,7 @@ def _unpark() -> None:
 
 
 @contextmanager
-def _playwright_loop() -> Iterator[None]:
+def playwright_loop() -> Iterator[None]:
     """Playwright's loop marked running inside the block, and no running loop after it."""
     _unpark()
     try:
@@ -87,9 +89,10 @@ def _check_environment() -> None:
         pytest.fail("an asyncio loop runs in the test thread: Playwright's sync API cannot start")
 
 
-@pytest.fixture(scope="session")
-def browser_session() -> Iterator["Browser"]:
-    """One headless Chromium for the session; tests use ``browser`` or ``page``."""
+@contextmanager
+def launch_chromium() -> Iterator[Browser]:
+    """Start Playwright and a headless Chromium (for the session), with Playwright's loop parked
+    outside ``playwright_loop`` blocks; both are stopped on exit."""
     _check_environment()
     try:
         from playwright.sync_api import sync_playwright
@@ -105,27 +108,11 @@ def browser_session() -> Iterator["Browser"]:
         _park()
         raise
     _park()
-    yield chromium
-    with _playwright_loop():
-        try:
-            chromium.close()
-        finally:
-            playwright.stop()
-
-
-@pytest.fixture
-def browser(browser_session: "Browser") -> Iterator["Browser"]:
-    """The session's Chromium, usable for the duration of this test."""
-    with _playwright_loop():
-        yield browser_session
-
-
-@pytest.fixture
-def page(browser: "Browser") -> Iterator["Page"]:
-    """A page in a fresh browser context (no shared cookies or cache), closed after the test."""
-    context = browser.new_context()
-    context.set_default_timeout(10_000)
     try:
-        yield context.new_page()
+        yield chromium
     finally:
-        context.close()
+        with playwright_loop():
+            try:
+                chromium.close()
+            finally:
+                playwright.stop()

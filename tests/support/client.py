@@ -1,4 +1,7 @@
-"""A raw-socket HTTP/1.1 client for event streams: what a test reads is the bytes on the wire."""
+"""A raw-socket HTTP/1.1 client for event streams: what a test reads is the bytes on the wire.
+
+Every ``RawStream`` not closed by its test is closed after it (the ``_close_streams`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,11 @@ import json
 import socket
 import struct
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from sse_parser import ParsedEvent, SSEParser
+from support.parser import ParsedEvent, SSEParser
+
+__all__ = ["HEARTBEAT", "OPEN", "RawStream", "request"]
 
 HEARTBEAT = b":\n\n"
 
@@ -83,23 +88,33 @@ class RawStream:
         """The whole body of a non-streaming (error) response."""
         deadline = time.monotonic() + timeout
         if self.chunked:
-            return b"".join(iter(lambda: self.chunk(timeout), None))  # type: ignore[arg-type]
+            return b"".join(iter(lambda: self.chunk(timeout), None))
         return self._read_exact(int(self.headers.get("content-length", "0")), deadline)
 
-    def json(self) -> object:
+    def json(self) -> Any:
         return json.loads(self.body())
 
     def chunk(self, timeout: float = 5.0) -> Optional[bytes]:
-        """The next HTTP chunk, exactly as the server wrote it; ``None`` at the end of the body."""
+        """The next HTTP chunk, exactly as the server wrote it; ``None`` at the end of the body.
+
+        A chunk is taken off the buffer only once all of it arrived, so after a
+        ``TimeoutError`` the next call reads the same chunk on.
+        """
         if self.ended:
             return None
         deadline = time.monotonic() + timeout
-        size = int(self._read_until(b"\r\n", timeout), 16)
-        data = self._read_exact(size + 2, deadline)[:-2]
-        if size == 0:
-            self.ended = True
-            return None
-        return data
+        while True:
+            size_line, crlf, _ = self._buf.partition(b"\r\n")
+            if crlf:
+                start = len(size_line) + 2
+                size = int(size_line, 16)
+                if len(self._buf) >= start + size + 2:
+                    data, self._buf = self._buf[start : start + size], self._buf[start + size + 2 :]
+                    if size == 0:
+                        self.ended = True
+                        return None
+                    return data
+            self._fill(deadline)
 
     def chunks(self, count: int, timeout: float = 5.0, heartbeats: bool = False) -> List[bytes]:
         """The next ``count`` chunks, skipping heartbeat-only chunks unless ``heartbeats``."""
@@ -156,8 +171,9 @@ class RawStream:
             OPEN.remove(self)
 
 
-def request(port: int, method: str, path: str, body: object = None) -> Tuple[int, object]:
-    """A plain HTTP request (JSON in, JSON out) on a fresh connection."""
+def request(port: int, method: str, path: str, body: object = None) -> Tuple[int, Any]:
+    """A plain HTTP request (JSON in, JSON out) on a fresh connection: the status, and the body
+    parsed as JSON when it is an object or an array, else its bytes."""
     payload = b"" if body is None else json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         head = (

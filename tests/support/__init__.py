@@ -1,0 +1,1 @@
+"""Test support: servers the suite starts for real, an app factory, a client, waiting helpers."""
