@@ -4,7 +4,9 @@ With ``BENCH_REDIS_URL`` set it uses the Redis broker (target ``ext-redis``; the
 publishes with ``flask_sse_ext.Publisher`` straight into Redis), else the in-process broker
 (target ``ext-memory``), which only code in the worker can reach: the bench hands the worker
 a schedule (``POST /series``) and a background greenlet publishes it, as an app's own job
-would. Everything else is the extension's defaults.
+would. ``BENCH_REDIS_CLUSTER=1`` adds ``SSE_REDIS_CLUSTER = True`` (the ``multihost``
+scenario: ``BENCH_REDIS_URL`` is then a seed node of a Redis Cluster). Everything else is the
+extension's defaults.
 """
 
 import os
@@ -18,6 +20,8 @@ from flask_sse_ext import SSE
 app = Flask(__name__)
 if os.environ.get("BENCH_REDIS_URL"):
     app.config["SSE_REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
+    if os.environ.get("BENCH_REDIS_CLUSTER"):
+        app.config["SSE_REDIS_CLUSTER"] = True
 sse = SSE(app)
 _series = {"done": threading.Event(), "calls": [], "errors": {}}
 

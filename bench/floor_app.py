@@ -188,11 +188,14 @@ def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
         channel = name.encode()
         client = Client()
         fanout.attach(channel, client)
-        start_response("200 OK", [
-            ("Content-Type", "text/event-stream; charset=utf-8"),
-            ("Cache-Control", "no-cache"),
-            ("X-Accel-Buffering", "no"),
-        ])
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/event-stream; charset=utf-8"),
+                ("Cache-Control", "no-cache"),
+                ("X-Accel-Buffering", "no"),
+            ],
+        )
         return _stream(fanout, channel, client)
     if path == "/publish" and method == "POST":
         length = int(environ.get("CONTENT_LENGTH") or 0)

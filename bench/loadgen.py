@@ -2,9 +2,16 @@
 
 Run as its own process by ``bench/run.py`` (it never shares a CPU-bound interpreter with the
 server or the publisher). It opens ``--clients`` HTTP/1.1 ``GET /stream?channel=...``
-connections to 127.0.0.1, decodes chunked bodies, parses SSE events, and for every event whose
-data is ``E<seq> <unix time> ...`` (what the bench publisher sends) records the latency
-``receive time - stamp``.
+connections to 127.0.0.1 (or to several servers: ``--targets``), decodes chunked bodies, parses
+SSE events, and for every event whose data is ``E<seq> <unix time> ...`` (what the bench
+publisher sends) records the latency ``receive time - stamp``.
+
+Which stream reads what: every client reads ``--channel``; or client i reads
+``<--private-prefix><i>``; or, with ``--channels a,b,c`` (K names), client i reads the
+``i % K``-th name. With ``--targets h1:p1,h2:p2`` (H servers), client i connects to the
+``(i // K) % H``-th (K = 1 without ``--channels``), so every channel has readers on every
+server. ``--expect`` is the number of events each client must get (sequence numbers
+``0..expect-1`` on its channel).
 
 Protocol with the parent (all JSON, one object per line on stdout):
 
@@ -86,7 +93,17 @@ class Client:
     """One stream: HTTP response head, chunked decoding, SSE parsing."""
 
     __slots__ = (
-        "i", "stats", "seen", "head", "chunked", "need", "skip", "raw", "sse", "skip_lf", "failed",
+        "i",
+        "stats",
+        "seen",
+        "head",
+        "chunked",
+        "need",
+        "skip",
+        "raw",
+        "sse",
+        "skip_lf",
+        "failed",
     )
 
     def __init__(self, i: int, stats: Stats) -> None:
@@ -242,11 +259,23 @@ class Client:
                     stats.all_complete.set()
 
 
+def channel_of(i: int, args: argparse.Namespace) -> str:
+    if args.channels:
+        return str(args.channels[i % len(args.channels)])
+    return str(args.channel) if args.private_prefix is None else f"{args.private_prefix}{i}"
+
+
+def target_of(i: int, args: argparse.Namespace) -> int:
+    """Index in ``args.targets`` of the server client ``i`` connects to."""
+    return (i // max(1, len(args.channels or ()))) % len(args.targets)
+
+
 def run_client(i: int, args: argparse.Namespace, stats: Stats, gate: Semaphore) -> None:
     client = Client(i, stats)
-    channel = args.channel if args.private_prefix is None else f"{args.private_prefix}{i}"
+    channel = channel_of(i, args)
+    host, port = args.targets[target_of(i, args)]
     request = (
-        f"GET {args.path}?channel={channel} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
+        f"GET {args.path}?channel={channel} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
     ).encode()
     sock = None
@@ -254,7 +283,7 @@ def run_client(i: int, args: argparse.Namespace, stats: Stats, gate: Semaphore) 
     gate.acquire()
     try:
         try:
-            sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.connect_timeout)
+            sock = socket.create_connection((host, port), timeout=args.connect_timeout)
             sock.sendall(request)
             if args.ready == "headers":
                 # Read until the response head has arrived (it may carry body bytes too).
@@ -316,24 +345,49 @@ def _emit(obj: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, help="the server's port on 127.0.0.1 (or --targets)")
+    p.add_argument(
+        "--targets",
+        default=None,
+        help="comma list of HOST:PORT servers instead of --port; client i connects to "
+        "the (i // K) %% H-th (K: --channels names, else 1; H: servers)",
+    )
     p.add_argument("--path", default="/stream")
     p.add_argument("--clients", type=int, required=True)
     p.add_argument("--channel", default="bench", help="the one channel every client reads")
-    p.add_argument("--private-prefix", default=None,
-                   help="client i reads channel PREFIX<i> instead of --channel")
+    p.add_argument(
+        "--private-prefix", default=None, help="client i reads channel PREFIX<i> instead of --channel"
+    )
+    p.add_argument(
+        "--channels",
+        type=lambda v: [c for c in v.split(",") if c],
+        default=None,
+        help="comma list of K channels: client i reads the (i %% K)-th",
+    )
     p.add_argument("--expect", type=int, required=True, help="events each client should get")
     p.add_argument("--ready", choices=("headers", "sent"), default="headers")
-    p.add_argument("--connect-concurrency", type=int, default=500,
-                   help="connections in flight (not yet ready) at once")
-    p.add_argument("--connect-timeout", type=float, default=60.0,
-                   help="seconds for one connection to become ready, and for all of them")
-    p.add_argument("--drain", type=float, default=10.0,
-                   help="seconds to wait for missing events after 'done'")
+    p.add_argument(
+        "--connect-concurrency", type=int, default=500, help="connections in flight (not yet ready) at once"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        help="seconds for one connection to become ready, and for all of them",
+    )
+    p.add_argument(
+        "--drain", type=float, default=10.0, help="seconds to wait for missing events after 'done'"
+    )
     p.add_argument("--max-seconds", type=float, default=300.0, help="hard bound on the run")
     args = p.parse_args()
     if not 0 < args.clients <= 50000:
         p.error("--clients must be 1..50000")
+    if args.targets:
+        args.targets = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in args.targets.split(",") if t]
+    elif args.port:
+        args.targets = [("127.0.0.1", args.port)]
+    else:
+        p.error("give --port or --targets")
 
     started = time.time()
     cpu_start = _cpu()
@@ -345,11 +399,18 @@ def main() -> None:
 
     stats.all_settled.wait(min(args.connect_timeout, args.max_seconds))
     ready_at = time.time()
-    _emit({
-        "phase": "ready", "start": started, "ready_at": ready_at, "accept_s": ready_at - started,
-        "ready": stats.ready_count, "clients": args.clients, "all_settled": stats.all_settled.is_set(),
-        "errors": dict(stats.errors),
-    })
+    _emit(
+        {
+            "phase": "ready",
+            "start": started,
+            "ready_at": ready_at,
+            "accept_s": ready_at - started,
+            "ready": stats.ready_count,
+            "clients": args.clients,
+            "all_settled": stats.all_settled.is_set(),
+            "errors": dict(stats.errors),
+        }
+    )
 
     done = Event()
 
@@ -384,6 +445,13 @@ def main() -> None:
     lossy = [m for m in missing if m > 0]
     worst = sorted(range(args.clients), key=lambda i: missing[i], reverse=True)[:5]
     lat = sorted(stats.latencies)
+    per_target: "dict[str, dict[str, int]]" = {}
+    for i in range(args.clients):
+        host, port = args.targets[target_of(i, args)]
+        entry = per_target.setdefault(f"{host}:{port}", {"clients": 0, "delivered": 0, "expected": 0})
+        entry["clients"] += 1
+        entry["delivered"] += stats.received[i]
+        entry["expected"] += args.expect
     result = {
         "phase": "result",
         "clients": args.clients,
@@ -400,6 +468,7 @@ def main() -> None:
             "mean_missing": (sum(lossy) / args.clients) if args.clients else 0.0,
             "worst": [{"client": i, "received": stats.received[i]} for i in worst if missing[i]],
         },
+        "per_target": per_target,
         "duplicates": stats.duplicates,
         "unexpected": stats.unexpected,
         "other_events": stats.other_events,
@@ -431,7 +500,8 @@ def main() -> None:
         # generator (not the server) limits the measured latency and throughput.
         "loadgen_busy_pct": (
             100.0 * (cpu_end - stats.cpu_at_first_delivery) / (stats.last_delivery - stats.first_delivery)
-            if stats.last_delivery > stats.first_delivery else None
+            if stats.last_delivery > stats.first_delivery
+            else None
         ),
     }
     _emit(result)

@@ -6,8 +6,7 @@ import time
 import uuid
 from typing import Any, Dict, List
 
-from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
-from flask import url_for
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
 from flask_sse_ext import private_channel
