@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .brokers import open_broker
 from .brokers.base import Broker, parse_position
 from .config import DEFAULTS, validate_channel
 from .event import encode_body, validate_field
@@ -72,10 +73,8 @@ class Publisher:
         min_replicas: int = DEFAULTS["SSE_REDIS_MIN_REPLICAS"],
         replica_timeout: float = DEFAULTS["SSE_REDIS_REPLICA_TIMEOUT"],
     ) -> None:
-        from .brokers.redis import RedisBroker
-
         self.max_event_bytes = max_event_bytes
-        self.broker: Broker = RedisBroker.from_url(
+        self.broker: Broker = open_broker(
             redis_url,
             cluster=cluster,
             prefix=prefix,

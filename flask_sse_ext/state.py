@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional
 from flask import Flask, current_app
 
 from .auth import Authorize, TokenLoader
+from .brokers import open_broker
 from .brokers.base import Broker
 from .config import Settings, validate_channel
 from .hub import Hub, Stats
@@ -198,13 +199,7 @@ def serve_all() -> None:
 
 
 def _new_broker(settings: Settings) -> Broker:
-    if settings.redis_url is None:
-        from .brokers.memory import MemoryBroker
-
-        return MemoryBroker(settings.history_size)
-    from .brokers.redis import RedisBroker
-
-    return RedisBroker.from_url(
+    return open_broker(
         settings.redis_url,
         cluster=settings.redis_cluster,
         prefix=settings.redis_prefix,

@@ -123,3 +123,36 @@ def test_no_module_reads_another_objects_private_names(path: Path) -> None:
 
 def test_the_private_read_check_sees_one() -> None:
     assert _private_reads("state._hub.count\nself._ok\nproxy._get_current_object()") == ["1: state._hub"]
+
+
+OUTSIDE_BROKERS = [p for p in MODULES if "brokers" not in p.relative_to(PACKAGE).parts]
+CONCRETE = {"MemoryBroker", "RedisBroker", "RedisLimiter"}
+
+
+def _transport_names(source: str) -> List[str]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and node.id in CONCRETE:
+            found.append(node.id)
+        elif isinstance(node, ast.Attribute) and node.attr in CONCRETE:
+            found.append(node.attr)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = {alias.name for alias in node.names}
+            if module.split(".")[0] in ("redis", "hiredis") or module.endswith(("memory", "redis")):
+                found.append(f"from {module}")
+            found.extend(sorted(names & CONCRETE))
+        elif isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names if a.name.split(".")[0] in ("redis", "hiredis"))
+    return found
+
+
+@pytest.mark.parametrize("path", OUTSIDE_BROKERS, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_nothing_outside_brokers_names_a_concrete_broker_or_redis(path: Path) -> None:
+    """Capabilities, not class checks: the rest of the package knows the ``Broker`` contract."""
+    assert _transport_names(path.read_text()) == []
+
+
+def test_the_transport_check_sees_one() -> None:
+    source = "from .brokers.memory import MemoryBroker\nimport redis\nisinstance(b, RedisBroker)"
+    assert _transport_names(source) == ["from brokers.memory", "MemoryBroker", "redis", "RedisBroker"]
