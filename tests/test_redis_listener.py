@@ -4,15 +4,18 @@ is replayed from history, and a channel whose slot moves to another shard follow
 from __future__ import annotations
 
 import threading
-from typing import Iterator, List
+import time
+from typing import Iterator, List, Optional
 
 import pytest
 
-from flask_sse_ext import Publisher
+from flask_sse_ext import BrokerError, Publisher
 from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.brokers.redis import RedisBroker
+from support.client import HEARTBEAT, RawStream, request
 from support.redis import RedisServer
-from support.redis_ha import ClusterHA
+from support.redis_ha import ClusterHA, RedisNode
+from support.server import StartServer
 from support.waiting import wait_until
 
 
@@ -103,3 +106,41 @@ def test_a_channel_follows_its_slot_to_another_shard(redis_cluster_ha: ClusterHA
     finally:
         publisher.close()
         broker.close()
+
+
+def test_a_hung_redis_blocks_no_stream_and_loses_nothing(start_server: StartServer) -> None:
+    """A Redis that hangs (SIGSTOP: connections accepted, nothing answered) stalls no worker:
+    open streams keep their heartbeats and the worker answers; the link that stopped answering
+    pings is cut, and once Redis is back every event arrives, once."""
+    node = RedisNode(name="hung")
+    try:
+        server = start_server(config={"SSE_REDIS_URL": node.url, "SSE_HEARTBEAT_INTERVAL": 0.5})
+        stream = RawStream(server.port, "/stream?channel=hang")
+        stream.opening()
+        publisher = Publisher(node.url)
+        try:
+            first = publisher.publish("before", channel="hang")
+            assert [e.last_event_id for e in stream.events(1)] == [first]
+            node.pause()
+            # Heartbeats go on, and the worker answers at once, while Redis hangs.
+            beats = [stream.chunk(timeout=2) for _ in range(3)]
+            assert beats == [HEARTBEAT] * 3
+            started = time.monotonic()
+            assert request(server.port, "GET", "/stats")[0] == 200
+            assert time.monotonic() - started < 1
+            wait_until(lambda: "did not answer a ping" in server.log(), timeout=10, message=server.log)
+            node.resume()
+            later = wait_until(lambda: _published(publisher, "after"), timeout=15)
+            assert [e.last_event_id for e in stream.events(1, timeout=15)] == [later]
+            assert not stream.ended
+        finally:
+            publisher.close()
+    finally:
+        node.cleanup()
+
+
+def _published(publisher: Publisher, data: str) -> Optional[str]:
+    try:
+        return publisher.publish(data, channel="hang")
+    except BrokerError:
+        return None

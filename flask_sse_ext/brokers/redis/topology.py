@@ -102,14 +102,20 @@ class Topology:
 
     def close(self) -> None:
         if self._client is not None:
-            self._client.close()
+            _close(self._client)
+
+
+def _close(client: Any) -> None:
+    # A client made on a pool of ours leaves the pool open when it closes.
+    client.connection_pool.disconnect()
+    client.close()
 
 
 class SentinelTopology(Topology):
     """A primary found through Sentinel (``redis+sentinel://h1:26379,h2:26379/name/0``).
 
-    Commands go to the primary that Sentinel names; ``refresh`` asks again, and a new primary
-    gets a fresh pool (the old one's connections are closed).
+    Commands go to the primary that Sentinel names. After a fault, Sentinel is asked again
+    before the next command; a new primary gets a fresh pool, and the old one is closed.
     """
 
     def __init__(self, url: str, prefix: str) -> None:
@@ -121,6 +127,34 @@ class SentinelTopology(Topology):
         self.sentinel: Any = Sentinel(self.sentinels, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
         self.options = {**options, **_common(prefix)}
         self.address: Optional[Tuple[str, int]] = None
+        self._stale = False
+
+    @property
+    def commands(self) -> Any:
+        client = self._client
+        if client is None or self._stale:
+            with self._lock:
+                if self._client is None or self._stale:
+                    self._ask_sentinel()
+                client = self._client
+        return client
+
+    def _ask_sentinel(self) -> None:
+        """Under the lock: the primary's address, and a pool for it if it changed."""
+        host, port = self.sentinel.discover_master(self.service)
+        address = (str(host), int(port))
+        self._stale = False
+        if self._client is not None and address == self.address:
+            return
+        if self.address is not None and address != self.address:
+            logger.warning("Sentinel: the primary of %r is now %s:%d", self.service, *address)
+        old, self.address = self._client, address
+        pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            host=address[0], port=address[1], max_connections=2, timeout=10, **self.options
+        )
+        self._client = redis.Redis(connection_pool=pool)
+        if old is not None:
+            _close(old)
 
     def known(self) -> Any:
         client = self._client
@@ -128,28 +162,12 @@ class SentinelTopology(Topology):
             raise redis.ConnectionError(f"Sentinel has not named the primary of {self.service!r} yet")
         return client
 
-    def _connect(self) -> Any:
-        host, port = self.sentinel.discover_master(self.service)
-        self._connected((str(host), int(port)))
-        pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
-            host=str(host), port=int(port), max_connections=2, timeout=10, **self.options
-        )
-        return redis.Redis(connection_pool=pool)
-
     def refresh(self) -> None:
         self.invalidate()
         self.commands.ping()  # raises while Sentinel names no primary that answers
 
     def invalidate(self) -> None:
-        with self._lock:
-            old, self._client = self._client, None
-        if old is not None:
-            old.close()
-
-    def _connected(self, address: Tuple[str, int]) -> None:
-        if self.address is not None and address != self.address:
-            logger.warning("Sentinel: the primary of %r is now %s:%d", self.service, *address)
-        self.address = address
+        self._stale = True
 
 
 class ClusterTopology(Topology):
