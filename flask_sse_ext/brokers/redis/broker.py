@@ -100,12 +100,8 @@ class RedisBroker(Broker):
             channel_of=self.channel_of,
             replay=self.replay,
             heads=self.heads,
-            deliver=self._deliver,
-            lost=self._lost,
             max_backoff=max_backoff,
         )
-        self._on_message: Optional[Callable[[Message], None]] = None
-        self._on_lost: Optional[Callable[[str], None]] = None
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisBroker:
@@ -212,17 +208,7 @@ class RedisBroker(Broker):
     # -- live delivery ---------------------------------------------------------------------
 
     def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
-        self._on_message = deliver
-        self._on_lost = lost
-        self.listener.start()
-
-    def _deliver(self, message: Message) -> None:
-        assert self._on_message is not None
-        self._on_message(message)
-
-    def _lost(self, channel: str) -> None:
-        assert self._on_lost is not None
-        self._on_lost(channel)
+        self.listener.start(deliver, lost)
 
     @property
     def subscriptions(self) -> int:

@@ -11,14 +11,11 @@ from __future__ import annotations
 import functools
 import socket
 import threading
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import hiredis
 
-__all__ = ["Address", "Link", "KEEPALIVE"]
-
-#: A node: (host, port).
-Address = Tuple[str, int]
+__all__ = ["Link", "KEEPALIVE"]
 
 #: The listener blocks on its socket: TCP keepalive also finds a Redis that vanished without a
 #: word (a network partition), next to the listener's own pings.

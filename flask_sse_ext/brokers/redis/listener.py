@@ -47,7 +47,8 @@ class _Reader:
 
 
 class Listener:
-    """Keeps ``channels`` delivered live to ``deliver``, whatever happens to Redis.
+    """Keeps ``channels`` delivered live (to ``deliver``, given to ``start``), whatever
+    happens to Redis.
 
     ``keys`` maps a channel to its pub/sub key and back; ``replay(channel, position)`` and
     ``heads(channels)`` read history through the command client.
@@ -61,8 +62,6 @@ class Listener:
         channel_of: Callable[[str], str],
         replay: Callable[[str, Position], Replay],
         heads: Callable[[Sequence[str]], Dict[str, Position]],
-        deliver: Callable[[Message], None],
-        lost: Callable[[str], None],
         max_backoff: float = 2.0,
         ping_interval: float = 1.0,
         link_timeout: float = 3.0,
@@ -79,7 +78,7 @@ class Listener:
         self.lock = threading.RLock()
         self.channels: Set[str] = set()
         self.confirmed: Dict[str, threading.Event] = {}
-        self.positions = Positions(self.channels, replay=replay, heads=heads, deliver=deliver, lost=lost)
+        self.positions = Positions(self.channels, replay=replay, heads=heads)
         self.heads = heads
         self.owner: Dict[str, _Reader] = {}
         self.readers: Dict[str, _Reader] = {}
@@ -97,7 +96,9 @@ class Listener:
 
     # -- what the broker calls -------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
+        self.positions.deliver = deliver
+        self.positions.lost = lost
         self._supervisor = threading.Thread(target=self._supervise, name="sse-redis-listener", daemon=True)
         self._supervisor.start()
         self._need_relayout()  # learn the layout now, before the first stream needs it

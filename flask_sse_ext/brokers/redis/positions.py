@@ -27,14 +27,14 @@ class Positions:
         *,
         replay: Callable[[str, Position], Replay],
         heads: Callable[[Sequence[str]], Dict[str, Position]],
-        deliver: Callable[[Message], None],
-        lost: Callable[[str], None],
     ) -> None:
         self.channels = channels
         self.replay = replay
         self.heads = heads
-        self.deliver = deliver
-        self.lost = lost
+        #: Where live messages go, and who hears of a channel that lost events: the hub's,
+        #: set by ``Listener.start`` (called straight, as they run once per event).
+        self.deliver: Callable[[Message], None] = _not_started
+        self.lost: Callable[[str], None] = _not_started
         self.last: Dict[str, Position] = {}
         #: Channels whose live events went missing while their link was up (then replayed).
         self.gaps = 0
@@ -93,3 +93,7 @@ class Positions:
             return  # delivered already, from history
         self.last[channel] = message.position
         self.deliver(message)
+
+
+def _not_started(_: object) -> None:
+    raise RuntimeError("the Redis listener delivers only once started")
