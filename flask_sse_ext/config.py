@@ -40,6 +40,8 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_MAX_CONNECTIONS_PER_CLIENT": None,
     "SSE_MAX_CONNECTIONS_PER_USER": None,
     "SSE_METRICS_PATH": None,
+    "SSE_SEND_TIMEOUT": 10.0,
+    "SSE_CLIENT_QUEUE_BYTES": 1024 * 1024,
 }
 
 
@@ -76,6 +78,8 @@ class Settings:
     max_connections_per_client: Optional[int]
     max_connections_per_user: Optional[int]
     metrics_path: Optional[str]
+    send_timeout: float
+    client_queue_bytes: int
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -193,6 +197,8 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_METRICS_PATH", "metrics_path", _optional(_url_prefix)),
+    ("SSE_SEND_TIMEOUT", "send_timeout", _seconds),
+    ("SSE_CLIENT_QUEUE_BYTES", "client_queue_bytes", lambda k, v: _int(k, v, 1)),
 )
 
 

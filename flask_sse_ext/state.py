@@ -77,7 +77,10 @@ class ProcessState:
             with self._lock:
                 hub = self.hub
                 if hub is None:
-                    hub = self.hub = Hub(self.broker, self.stats, self.settings.heartbeat_interval)
+                    settings = self.settings
+                    hub = self.hub = Hub(
+                        self.broker, self.stats, settings.heartbeat_interval, settings.send_timeout
+                    )
                     if self.settings.metrics_path is not None:
                         _start_sharing(self)
         return hub
@@ -93,6 +96,7 @@ class ProcessState:
             "delivered": stats.delivered,
             "replayed": stats.replayed,
             "lagged": stats.lagged,
+            "timed_out": stats.timed_out,
             "broker_reconnects": broker.reconnects,
         }
 
