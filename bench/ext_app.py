@@ -71,6 +71,11 @@ def _publish_series(schedule, pad):  # type: ignore[no-untyped-def]
     _series["done"].set()
 
 
+@app.get("/stats")
+def stats():  # type: ignore[no-untyped-def]
+    return jsonify(sse.stats())
+
+
 @app.get("/ping")
 def ping():  # type: ignore[no-untyped-def]
     return jsonify(pid=os.getpid())

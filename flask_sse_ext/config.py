@@ -42,6 +42,7 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_METRICS_PATH": None,
     "SSE_SEND_TIMEOUT": 10.0,
     "SSE_CLIENT_QUEUE_BYTES": 1024 * 1024,
+    "SSE_SEND_BUFFER_BYTES": 256 * 1024,
 }
 
 
@@ -80,6 +81,7 @@ class Settings:
     metrics_path: Optional[str]
     send_timeout: float
     client_queue_bytes: int
+    send_buffer_bytes: Optional[int]
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -199,6 +201,7 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_METRICS_PATH", "metrics_path", _optional(_url_prefix)),
     ("SSE_SEND_TIMEOUT", "send_timeout", _seconds),
     ("SSE_CLIENT_QUEUE_BYTES", "client_queue_bytes", lambda k, v: _int(k, v, 1)),
+    ("SSE_SEND_BUFFER_BYTES", "send_buffer_bytes", _optional(lambda k, v: _int(k, v, 4096))),
 )
 
 

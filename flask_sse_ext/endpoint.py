@@ -207,6 +207,7 @@ def _open(
         max_age=max_age,
         queue_size=settings.client_queue_size,
         queue_bytes=settings.client_queue_bytes,
+        send_buffer=settings.send_buffer_bytes,
         environ=environ,
         allowed=grant.allowed,
         on_close=grant.closed,

@@ -31,6 +31,7 @@ __all__ = [
     "unwatch",
     "shutdown",
     "abort",
+    "limit_send_buffer",
     "send_progress",
     "http2",
     "HTTP2_REFUSAL",
@@ -156,6 +157,17 @@ def abort(sock: socket.socket) -> None:
     except OSError:
         pass
     shutdown(sock, socket.SHUT_RDWR)
+
+
+def limit_send_buffer(sock: socket.socket, size: int) -> None:
+    """Cap the kernel's send buffer of ``sock`` at ``size`` bytes (``SO_SNDBUF``; Linux counts
+    twice that with its bookkeeping). Left alone, Linux grows it up to ``tcp_wmem``'s maximum
+    (4 MB) for a client that stops reading, so a thousand stalled clients would pin gigabytes
+    of kernel memory, and the memory pressure would slow every connection of the machine."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        pass
 
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)

@@ -26,7 +26,7 @@ from .brokers.base import (
 from .cursor import decode_compound, encode_compound
 from .event import comment, encode_body, frame, retry_line
 from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Hub
-from .serving import raw_socket, shutdown, tls_layer, unwatch, watch_disconnect
+from .serving import limit_send_buffer, raw_socket, shutdown, tls_layer, unwatch, watch_disconnect
 
 __all__ = ["MISSED_EVENT", "HEADERS", "open_stream", "unavailable"]
 
@@ -84,6 +84,7 @@ class _Stream:
         max_age: Optional[float],
         queue_size: int,
         queue_bytes: Optional[int],
+        send_buffer: Optional[int],
         environ: Dict[str, Any],
         allowed: Callable[[str], bool],
         on_close: Optional[Callable[[Optional[str]], None]],
@@ -98,6 +99,8 @@ class _Stream:
         self.on_close = on_close
         self.sock = raw_socket(environ)
         self.tls = tls_layer(environ) if self.sock is not None else None
+        if self.sock is not None and send_buffer is not None:
+            limit_send_buffer(self.sock, send_buffer)
         self.client = Client(channels, queue_size, self.sock, hub.stats, queue_bytes)
         self.positions: Dict[str, Position] = {}
         self.single = len(channels) == 1
@@ -256,13 +259,15 @@ def open_stream(
     queue_size: int,
     environ: Dict[str, Any],
     queue_bytes: Optional[int] = None,
+    send_buffer: Optional[int] = None,
     allowed: Callable[[str], bool] = lambda channel: True,
     on_close: Optional[Callable[[Optional[str]], None]] = None,
 ) -> Response:
     """The streaming response for ``channels`` (sorted, unique), resuming after ``cursor``.
 
     Nothing is subscribed until the server starts sending the body. A client whose queue holds
-    ``queue_size`` events, or ``queue_bytes`` bytes, is cut. ``allowed`` is asked again
+    ``queue_size`` events, or ``queue_bytes`` bytes, is cut; ``send_buffer`` caps the kernel's
+    send buffer of the connection. ``allowed`` is asked again
     before a channel's history is replayed; ``on_close`` runs once when the stream ends (or is
     dropped unsent), with the reason it was cut, or ``None``.
     """
@@ -275,6 +280,7 @@ def open_stream(
         max_age=max_age,
         queue_size=queue_size,
         queue_bytes=queue_bytes,
+        send_buffer=send_buffer,
         environ=environ,
         allowed=allowed,
         on_close=on_close,
