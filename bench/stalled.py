@@ -154,7 +154,7 @@ def run_once(args: argparse.Namespace, stalled: int) -> Dict[str, Any]:
         helpers.append(loadgen)
         loadgen.next("ready")
         time.sleep(1)  # settle: the readers' first chunks written, the worker idle
-        base_rss, base_mem = rss_kib(worker), tcp_mem_pages()
+        unconnected = {"rss_kib": rss_kib(worker), "tcp_mem_pages": tcp_mem_pages()}
         stall: Optional[Child] = None
         if stalled:
             stall = Child([sys.executable, __file__, "--stall-child", str(port), "--stalled", str(stalled)])
@@ -162,6 +162,9 @@ def run_once(args: argparse.Namespace, stalled: int) -> Dict[str, Any]:
             stall.next("ready")
             while _get(port, "/stats")["streams"] < args.readers + stalled:
                 time.sleep(0.1)
+            time.sleep(1)
+        # The baseline: every client connected, before the first event.
+        base_rss, base_mem = rss_kib(worker), tcp_mem_pages()
         started = time.time()
         _series(port, count, args.rate)
         samples = []
@@ -185,6 +188,7 @@ def run_once(args: argparse.Namespace, stalled: int) -> Dict[str, Any]:
             "events": count,
             "rate": args.rate,
             "baseline": {"rss_kib": base_rss, "tcp_mem_pages": base_mem},
+            "before_stalled_connected": unconnected,
             "samples": samples,
             "reset_s": reset,
             "stats": stats,
@@ -209,12 +213,20 @@ def _back_at(samples: List[Any], index: int, within: float) -> Optional[float]:
     return back
 
 
+def _s(seconds: Optional[float]) -> str:
+    return "never" if seconds is None else f"{seconds:.1f} s"
+
+
 def report(alone: Dict[str, Any], crowded: Dict[str, Any], args: argparse.Namespace) -> str:
     resets = [t for t in crowded["reset_s"] if t is not None]
     peak_rss = max(s[1] for s in crowded["samples"])
     peak_mem = max(s[2] for s in crowded["samples"])
     rss_back = _back_at(crowded["samples"], 1, 2048)
-    mem_back = _back_at(crowded["samples"], 2, 256)
+    # The readers' own data in flight comes and goes: "back" is no more than with the readers alone.
+    readers_mem = max(s[2] for s in alone["samples"])
+    mem_back = _back_at(crowded["samples"], 2, readers_mem)
+    last_rss = crowded["samples"][-1][1]
+    unconnected = crowded["before_stalled_connected"]["rss_kib"] - crowded["baseline"]["rss_kib"]
     p99_alone, p99_crowded = alone["latency_s"]["p99"], crowded["latency_s"]["p99"]
     lines = [
         f"{crowded['stalled']} stalled clients + {crowded['readers']} readers, {crowded['events']} events of 16 KB "
@@ -222,10 +234,11 @@ def report(alone: Dict[str, Any], crowded: Dict[str, Any], args: argparse.Namesp
         f"stalled clients reset: {len(resets)}/{crowded['stalled']}, first at {min(resets, default=0):.2f} s, "
         f"last at {max(resets, default=0):.2f} s after the first event "
         f"(lagged {crowded['stats']['lagged']}, timed_out {crowded['stats']['timed_out']})",
-        f"worker RSS over baseline ({crowded['baseline']['rss_kib']} kB): peak +{peak_rss} kB, "
-        f"back within 2 MB at {rss_back} s",
+        f"worker RSS over baseline ({crowded['baseline']['rss_kib']} kB, every client connected): peak "
+        f"+{peak_rss} kB, back within 2 MB from {_s(rss_back)} on, at the end {last_rss:+d} kB "
+        f"(before the stalled clients connected: {unconnected:+d} kB)",
         f"kernel TCP memory over baseline ({crowded['baseline']['tcp_mem_pages']} pages): peak +{peak_mem} pages "
-        f"({peak_mem * 4 / 1024:.1f} MB), back within 256 pages at {mem_back} s",
+        f"({peak_mem * 4 / 1024:.1f} MB), back to the readers-alone level (+{readers_mem}) from {_s(mem_back)} on",
         f"reader latency p50/p99: alone {alone['latency_s']['p50'] * 1000:.1f}/{p99_alone * 1000:.1f} ms, "
         f"with stalled {crowded['latency_s']['p50'] * 1000:.1f}/{p99_crowded * 1000:.1f} ms, "
         f"p99 ratio {p99_crowded / p99_alone:.2f}; reader loss {alone['loss']:.3f} / {crowded['loss']:.3f}",

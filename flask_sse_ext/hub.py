@@ -18,7 +18,7 @@ import weakref
 from typing import Dict, List, Optional, Set, Tuple
 
 from .brokers.base import Broker, Message
-from .serving import abort, process_name, send_progress
+from .serving import abort, process_name, release_free_memory, send_progress
 
 __all__ = ["Client", "Hub", "shutdown_all"]
 
@@ -30,6 +30,9 @@ _hubs: "weakref.WeakSet[Hub]" = weakref.WeakSet()
 #: Seconds between two reports of this process's streams per channel to a shared broker;
 #: a report counts for three of them, so a process that dies drops out by itself.
 PRESENCE_INTERVAL = 5.0
+
+#: The most a stream writes in one chunk when several events wait (a larger event goes alone).
+CHUNK_BYTES = 64 * 1024
 
 #: Why a stream ended early.
 LAGGED = "lagged"
@@ -216,12 +219,28 @@ class Hub:
                     self.broker.unsubscribe(channel)
 
     def take(self, client: Client) -> List[Message]:
-        """Everything queued for ``client``, oldest first, leaving its queue empty."""
+        """What is queued for ``client``, oldest first: everything, or, past ``CHUNK_BYTES``,
+        the oldest events up to that size (at least one), with the wake-up left set for the
+        rest. A stream writes what it takes as one chunk, and a client that stopped reading
+        holds its chunk (and the server's copy of it) until it is cut: that must not be up
+        to a whole queue per client."""
         with self._lock:
             queue = client.queue
-            taken = queue[:]
-            queue.clear()
-            client.queued_bytes = 0
+            if client.queued_bytes <= CHUNK_BYTES:
+                taken = queue[:]
+                queue.clear()
+                client.queued_bytes = 0
+                return taken
+            size = count = 0
+            for message in queue:
+                size += len(message.frame)
+                count += 1
+                if size >= CHUNK_BYTES:
+                    break
+            taken = queue[:count]
+            del queue[:count]
+            client.queued_bytes -= size
+            client.wake.set()
         return taken
 
     def deliver(self, message: Message) -> None:
@@ -238,6 +257,8 @@ class Hub:
         # timeout is checked eight times per timeout: a cut comes at most two scans late.
         period = min(self.heartbeat / 2, 1.0)
         send_timeout = self.send_timeout
+        stats = self.stats
+        cuts = trimmed = 0
         if send_timeout is not None:
             period = min(period, send_timeout / 8)
         pause = period
@@ -273,6 +294,13 @@ class Hub:
                     client.quiet_since = now
                     client.beat_due = True
                     client.wake.set()
+            # Cut clients leave their chunks and buffers to the allocator, in holes it keeps:
+            # once the cuts stop, give the free memory back to the system.
+            if cuts != stats.lagged + stats.timed_out:
+                cuts = stats.lagged + stats.timed_out
+            elif trimmed != cuts:
+                trimmed = cuts
+                release_free_memory()
             pause = max(0.01, soonest - time.monotonic())
 
     def _report(self) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,7 +26,8 @@ from flask import Flask
 
 from flask_sse_ext import SSE
 from flask_sse_ext.brokers.base import Message
-from flask_sse_ext.hub import LAGGED, Client, Stats
+from flask_sse_ext.brokers.memory import MemoryBroker
+from flask_sse_ext.hub import CHUNK_BYTES, LAGGED, Client, Hub, Stats
 from support.client import RawStream, request
 from support.server import Server, StartServer
 from support.waiting import wait_until
@@ -208,7 +211,12 @@ def test_client_queue_is_bounded_in_bytes() -> None:
 
 @pytest.mark.parametrize(
     "key, value",
-    [("SSE_SEND_TIMEOUT", 0), ("SSE_SEND_TIMEOUT", "10"), ("SSE_CLIENT_QUEUE_BYTES", 0)],
+    [
+        ("SSE_SEND_TIMEOUT", 0),
+        ("SSE_SEND_TIMEOUT", "10"),
+        ("SSE_CLIENT_QUEUE_BYTES", 0),
+        ("SSE_SEND_BUFFER_BYTES", 1024),
+    ],
 )
 def test_bad_settings_are_refused(app: Flask, key: str, value: object) -> None:
     app.config[key] = value
@@ -281,3 +289,53 @@ def _h2_get(port: int, paths: List[str]) -> List[Tuple[Optional[int], bytes]]:
         results.append((status, body))
     sock.close()
     return results
+
+
+def test_a_stream_takes_at_most_one_chunk_of_its_queue_at_a_time() -> None:
+    """A stream coalesces what waits into one write, but no more than CHUNK_BYTES of it: a
+    client that stopped reading holds that chunk until it is cut, not its whole queue."""
+    broker = MemoryBroker(100)
+    hub = Hub(broker)
+    client = Client(("c",), 1000, maxbytes=10 * CHUNK_BYTES)
+    hub.attach(client)
+    for _ in range(40):
+        broker.publish("c", b"data: " + b"x" * 10000 + b"\n")
+    assert not client.closed and len(client.queue) == 40
+    chunks = []
+    while client.queue:
+        assert client.wake.is_set()  # left set while something waits
+        client.wake.clear()
+        taken = hub.take(client)
+        size = sum(len(m.frame) for m in taken)
+        assert size < CHUNK_BYTES + 10100
+        chunks.append(len(taken))
+    assert sum(chunks) == 40 and len(chunks) > 5 and client.queued_bytes == 0
+    broker.publish("c", b"data: small\n")
+    assert len(hub.take(client)) == 1  # below the bound, everything at once
+    hub.detach(client)
+
+
+def _server_send_buffer(server_port: int, client: socket.socket) -> int:
+    """The kernel's send buffer (``tb`` in ``ss -m``) of the server's side of ``client``."""
+    client_port = client.getsockname()[1]
+    out = subprocess.run(
+        ["ss", "-tmnH", f"( sport = :{server_port} and dport = :{client_port} )"],
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout  # fmt: skip
+    match = re.search(r"\btb(\d+)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+@pytest.mark.parametrize("size", [65536, None])
+def test_send_buffer_of_a_stream_is_capped(start_server: StartServer, size: Optional[int]) -> None:
+    """SSE_SEND_BUFFER_BYTES sets the connection's SO_SNDBUF (Linux doubles it), so a stalled
+    client pins at most that in the kernel; None leaves the kernel's autotuning."""
+    server = start_server(config={"SSE_SEND_BUFFER_BYTES": size})
+    stream = RawStream(server.port, "/stream?channel=buffer")
+    stream.opening()
+    buffer = _server_send_buffer(server.port, stream.sock)
+    if size is None:
+        assert buffer != 2 * 65536
+    else:
+        assert buffer == 2 * size
