@@ -124,7 +124,7 @@ class Child:
 
 def run_once(args: argparse.Namespace, stalled: int) -> Dict[str, Any]:
     port = free_port()
-    env = dict(os.environ, BENCH_EXT_HOOK="1")
+    env = dict(os.environ, BENCH_EXT_HOOK="1", BENCH_SSE_CONFIG=args.config)
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(ROOT), env.get("PYTHONPATH", "")])
     env.pop("BENCH_REDIS_URL", None)
     cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}"]
@@ -170,7 +170,8 @@ def run_once(args: argparse.Namespace, stalled: int) -> Dict[str, Any]:
         samples = []
         waiter = threading.Thread(target=_get, args=(port, "/series"), daemon=True)
         waiter.start()
-        stop_at = time.monotonic() + args.seconds + SEND_TIMEOUT + args.settle
+        timeout = json.loads(args.config).get("SSE_SEND_TIMEOUT", SEND_TIMEOUT)
+        stop_at = time.monotonic() + args.seconds + timeout + args.settle
         while time.monotonic() < stop_at:
             samples.append((time.time() - started, rss_kib(worker) - base_rss, tcp_mem_pages() - base_mem))
             time.sleep(0.25)
@@ -193,6 +194,7 @@ def run_once(args: argparse.Namespace, stalled: int) -> Dict[str, Any]:
             "reset_s": reset,
             "stats": stats,
             "latency_s": readers["latency_s"],
+            "slowest_events": readers["slowest_events"],
             "loss": readers["loss"],
         }
     finally:
@@ -230,7 +232,7 @@ def report(alone: Dict[str, Any], crowded: Dict[str, Any], args: argparse.Namesp
     p99_alone, p99_crowded = alone["latency_s"]["p99"], crowded["latency_s"]["p99"]
     lines = [
         f"{crowded['stalled']} stalled clients + {crowded['readers']} readers, {crowded['events']} events of 16 KB "
-        f"at {args.rate:g}/s, SSE_SEND_TIMEOUT {SEND_TIMEOUT:g} s, one worker",
+        f"at {args.rate:g}/s, one worker, settings {args.config}",
         f"stalled clients reset: {len(resets)}/{crowded['stalled']}, first at {min(resets, default=0):.2f} s, "
         f"last at {max(resets, default=0):.2f} s after the first event "
         f"(lagged {crowded['stats']['lagged']}, timed_out {crowded['stats']['timed_out']})",
@@ -242,6 +244,10 @@ def report(alone: Dict[str, Any], crowded: Dict[str, Any], args: argparse.Namesp
         f"reader latency p50/p99: alone {alone['latency_s']['p50'] * 1000:.1f}/{p99_alone * 1000:.1f} ms, "
         f"with stalled {crowded['latency_s']['p50'] * 1000:.1f}/{p99_crowded * 1000:.1f} ms, "
         f"p99 ratio {p99_crowded / p99_alone:.2f}; reader loss {alone['loss']:.3f} / {crowded['loss']:.3f}",
+        "slowest events (seq: ms, at seq / rate s): alone "
+        + ", ".join(f"{e['seq']}: {e['max_s'] * 1000:.0f}" for e in alone["slowest_events"])
+        + "; with stalled "
+        + ", ".join(f"{e['seq']}: {e['max_s'] * 1000:.0f}" for e in crowded["slowest_events"]),
     ]
     return "\n".join(lines)
 
@@ -255,6 +261,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     parser.add_argument("--seconds", type=float, default=20.0, help="publishing time (default 20)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds watched after the deadline")
+    parser.add_argument("--config", default="{}", help="SSE_* settings as JSON: '{\"SSE_SEND_TIMEOUT\": 5}'")
     parser.add_argument("--stall-child", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stall_child:

@@ -1,4 +1,5 @@
-"""gunicorn integration: hand streams over on shutdown, and keep tokens out of access logs.
+"""gunicorn integration: hand streams over on shutdown, refuse gunicorn's own HTTP/2, and keep
+tokens out of access logs.
 
 In ``gunicorn.conf.py``::
 
@@ -22,7 +23,7 @@ from .hub import shutdown_all
 from .serving import HTTP2_REFUSAL
 from .state import serve_all
 
-__all__ = ["RedactingLogger", "post_worker_init"]
+__all__ = ["RedactingLogger", "post_worker_init", "serves_http2"]
 
 _TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s\"]*", re.IGNORECASE)
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import gunicorn.config
 import h2.config
 import h2.connection
 import h2.events
@@ -27,6 +28,7 @@ from flask import Flask
 from flask_sse_ext import SSE
 from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.brokers.memory import MemoryBroker
+from flask_sse_ext.gunicorn import serves_http2
 from flask_sse_ext.hub import CHUNK_BYTES, LAGGED, Client, Hub, Stats
 from support.client import RawStream, request
 from support.server import Server, StartServer
@@ -222,6 +224,24 @@ def test_bad_settings_are_refused(app: Flask, key: str, value: object) -> None:
     app.config[key] = value
     with pytest.raises(ValueError, match=key):
         SSE(app)
+
+
+@pytest.mark.parametrize(
+    "settings, h2",
+    [
+        ({}, False),
+        ({"http_protocols": "h2,h1"}, False),  # no TLS and no cleartext HTTP/2: never negotiated
+        ({"http_protocols": "h2,h1", "http2_cleartext": "prior-knowledge"}, True),
+        ({"http_protocols": "h2,h1", "http2_cleartext": "upgrade"}, True),
+        ({"http_protocols": "h1,h2", "certfile": "cert.pem", "keyfile": "key.pem"}, True),
+        ({"certfile": "cert.pem", "keyfile": "key.pem"}, False),
+    ],
+)
+def test_serves_http2_reads_gunicorn_settings(settings: Dict[str, str], h2: bool) -> None:
+    config = gunicorn.config.Config()
+    for name, value in settings.items():
+        config.set(name, value)
+    assert serves_http2(config) is h2
 
 
 def test_gunicorn_own_http2_is_refused_at_startup(start_server: StartServer) -> None:
