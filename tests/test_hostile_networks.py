@@ -7,12 +7,14 @@ with a 4 KB receive buffer that is never read, and its reset is the kernel's TCP
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import re
 import socket
 import struct
 import subprocess
+import termios
 import threading
 import time
 from pathlib import Path
@@ -192,6 +194,39 @@ def test_stalled_client_on_a_quiet_channel_is_cut_by_the_send_timeout(start_serv
     assert b'sse_cuts_total{reason="lagged"} 0.0' in metrics
     # The reader, which reads its heartbeats, stays.
     assert reader.idle(heartbeat * 1.5) and not reader.ended
+
+
+def test_half_open_client_is_found_by_heartbeats_alone(start_server: StartServer) -> None:
+    """No event at all: the heartbeats are the probe. A client that stops reading (its receive
+    window, the smallest the kernel allows, fills with heartbeats, as a vanished peer's window
+    would never reopen) is reset once a heartbeat has waited SSE_SEND_TIMEOUT unacknowledged."""
+    heartbeat, timeout = 0.02, 1.0
+    config = {"SSE_HEARTBEAT_INTERVAL": heartbeat, "SSE_SEND_TIMEOUT": timeout}
+    server = start_server(config=config)
+    stalled = RawStream(server.port, "/stream?channel=silent", rcvbuf=1)
+    stalled.opening()
+    opened = time.monotonic()
+    unread, grew_at = 0, opened
+
+    def reset() -> bool:
+        nonlocal unread, grew_at
+        if _tcp_closed(stalled.sock):
+            return True
+        now_unread = struct.unpack("i", fcntl.ioctl(stalled.sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        if now_unread != unread:
+            unread, grew_at = now_unread, time.monotonic()
+        return False
+
+    wait_until(reset, timeout=20, message=lambda: f"never reset: {server.stats()}", interval=0.005)
+    waited = time.monotonic() - grew_at  # since the last heartbeat the client's kernel took
+    print(f"{unread} bytes of heartbeats took, reset {waited:.2f} s after the last one")
+    # The heartbeat stuck since before that last growth (the window took part of it) waited
+    # the timeout; none waited much longer.
+    assert waited <= timeout + heartbeat + 0.5
+    assert time.monotonic() - opened >= timeout
+    _assert_reset(stalled)
+    stats = server.stats()
+    assert (stats["published"], stats["lagged"], stats["timed_out"], stats["streams"]) == (0, 0, 1, 0)
 
 
 def test_client_queue_is_bounded_in_bytes() -> None:
