@@ -22,6 +22,7 @@ source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "examples"]
 myst_heading_anchors = 3
+myst_enable_extensions = ["tasklist"]  # the migration checklist
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
