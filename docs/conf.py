@@ -22,7 +22,8 @@ source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "examples"]
 myst_heading_anchors = 3
-myst_enable_extensions = ["tasklist"]  # the migration checklist
+# tasklist: the migration checklist; the others are common MyST syntax a page may use.
+myst_enable_extensions = ["tasklist", "colon_fence", "deflist"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
