@@ -8,6 +8,9 @@ from .extension import SSE
 from .publisher import Publisher
 from .stream import MISSED_EVENT
 
+#: The package version, read by setup.cfg (``version = attr: flask_sse_ext.__version__``).
+__version__ = "0.1.0"
+
 __all__ = [
     "SSE",
     "Publisher",

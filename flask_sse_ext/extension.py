@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from datetime import timedelta
 from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Union
 
@@ -72,13 +73,30 @@ class SSE:
     def init_app(self, app: Flask) -> None:
         """Read and validate the config, and register the ``sse`` blueprint.
 
-        Raises ``RuntimeError`` if the app already has an ``SSE`` extension, and
-        ``ValueError`` for a bad ``SSE_*`` value.
+        Raises ``RuntimeError`` if the app already has an ``SSE`` extension or the config needs
+        an optional extra that is not installed (the message has the ``pip install`` line), and
+        ``ValueError`` for a bad ``SSE_*`` value. Warns (``UserWarning``) when flask-sse's
+        ``REDIS_URL`` is set but ``SSE_REDIS_URL`` is not.
         """
         if "sse" in app.extensions:
             raise RuntimeError(
                 "This app is already registered with an 'SSE' instance. Call 'init_app' once "
                 "per app, and use that instance (it is app.extensions['sse'].extension)."
+            )
+        if (
+            app.config.get("REDIS_URL")
+            and "SSE_REDIS_URL" not in app.config
+            and "redis_url" not in self._options
+        ):
+            # flask-sse read REDIS_URL; silently ignoring it would leave a migrated app on the
+            # in-process broker, where other processes' events never arrive.
+            warnings.warn(
+                "REDIS_URL is set but SSE_REDIS_URL is not, so flask-sse-ext uses its in-process "
+                "broker: events published by other processes (workers, Celery, the CLI) will not "
+                "reach these streams. Set app.config['SSE_REDIS_URL'] = app.config['REDIS_URL'] "
+                "to use that Redis, or SSE_REDIS_URL = None to keep the in-process broker.",
+                UserWarning,
+                stacklevel=2,
             )
         settings = load_settings(app.config, self._options)
         if settings.redis_url is not None:
