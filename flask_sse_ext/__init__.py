@@ -5,7 +5,9 @@ from .brokers.base import BrokerError
 from .direct import END_EVENT, ERROR_EVENT
 from .event import Event
 from .extension import SSE
+from .jobs import Job, JobEnded
 from .publisher import Publisher
+from .resumable import STREAM_EVENT
 from .stream import MISSED_EVENT
 
 __all__ = [
@@ -19,4 +21,7 @@ __all__ = [
     "END_EVENT",
     "ERROR_EVENT",
     "private_channel",
+    "Job",
+    "JobEnded",
+    "STREAM_EVENT",
 ]
