@@ -35,7 +35,7 @@ from .direct import ERROR_EVENT
 from .event import comment, encode_body, frame, retry_line
 from .jobs import ANSWER_LOG, event_id, job_log, parse_event_id
 from .producer import start_answer
-from .serving import raw_socket, unwatch, watch_disconnect
+from .serving import check_server, raw_socket, unwatch, watch_disconnect
 from .state import AppState, get_state
 from .stream import HEADERS
 
@@ -58,22 +58,25 @@ _HEARTBEAT = comment()
 _SESSION_KEY = "_sse_owner"
 
 
-def owner_of(state: AppState) -> str:
+def owner_of(state: AppState, create: bool = True) -> str:
     """A digest of who asks: the app's identity (a token, Flask-Login), else this browser
-    session's own random key (made on first use). Raises ``AuthError`` for a bad credential and
-    ``RuntimeError`` when an anonymous request has no session (no ``SECRET_KEY``)."""
+    session's own random key (made on first use when ``create``; else a key no stream has).
+    Raises ``AuthError`` for a bad credential and ``RuntimeError`` when an anonymous request
+    has no session (no ``SECRET_KEY``)."""
     identity = identify(current_app, request, state.hooks.token_loader)
     if identity is not None:
         who = "identity:" + identity.id
     else:
-        if not current_app.secret_key:
-            raise RuntimeError(
-                "A resumable SSE stream of an anonymous request is bound to the Flask session: "
-                "set the app's SECRET_KEY (or authenticate the request)"
-            )
         key = session.get(_SESSION_KEY)
         if not isinstance(key, str):
-            key = session[_SESSION_KEY] = secrets.token_urlsafe(18)
+            key = secrets.token_urlsafe(18)
+            if create:
+                if not current_app.secret_key:
+                    raise RuntimeError(
+                        "A resumable SSE stream of an anonymous request is bound to the Flask "
+                        "session: set the app's SECRET_KEY (or authenticate the request)"
+                    )
+                session[_SESSION_KEY] = key
         who = "session:" + key
     return hashlib.sha256(who.encode("utf-8")).hexdigest()
 
@@ -96,6 +99,7 @@ class _LogStream:
         heartbeat: float,
         ttl: int,
         opening: bytes,
+        max_age: Optional[float],
         environ: Dict[str, Any],
     ) -> None:
         self.broker = broker
@@ -110,6 +114,8 @@ class _LogStream:
         self.gone = False
         self.next_signal = 0.0
         self.last_write = time.monotonic()
+        # Past SSE_MAX_CONNECTION_AGE the response ends; the client resumes where it was.
+        self.deadline = None if max_age is None else self.last_write + max_age
         sock = raw_socket(environ)
         self.watcher = None if sock is None else watch_disconnect(sock, self._gone)
 
@@ -135,6 +141,8 @@ class _LogStream:
             chunk, self.opening = self.opening, None
             return chunk
         while not (self.finished or self.gone):
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                break
             try:
                 self._keep_alive()
                 wait = self.last_write + self.heartbeat - time.monotonic()
@@ -177,6 +185,7 @@ def log_response(
     """Stream ``log`` after ``after``. ``first`` (a new answer's id and URL) goes out first, as
     ``sse.stream`` with the id of the log's start, so a reconnect before any token resumes."""
     settings = state.settings
+    check_server(request.environ)
     opening = retry_line(settings.retry if retry is None else retry)
     if first is not None:
         opening += frame(encode_body(first, STREAM_EVENT), event_id(log, (0, 0)))
@@ -188,6 +197,7 @@ def log_response(
         heartbeat=settings.heartbeat_interval if heartbeat is None else heartbeat,
         ttl=settings.resumable_ttl,
         opening=opening,
+        max_age=settings.max_connection_age,
         environ=request.environ,
     )
     sent = {**HEADERS, "X-SSE-Stream": log, **(headers or {})}
@@ -196,13 +206,16 @@ def log_response(
 
 def owned_meta(state: AppState, log: str) -> Optional[Dict[str, str]]:
     """``log``'s metadata if it is an answer that the requester started, else ``None``.
-    Raises ``AuthError``, ``RuntimeError`` (no session) and ``BrokerError``."""
+    Raises ``AuthError`` and ``BrokerError``."""
+    # Who asks is looked up first, whatever the id: a response must not differ (a session
+    # touched, a ``Vary: Cookie``) between an unknown stream and someone else's.
+    owner = owner_of(state, create=False)
     if ANSWER_LOG.fullmatch(log) is None:
         return None
     meta = state.broker.log_meta(log)
     if meta is None or meta.get("kind") != "answer":
         return None
-    return meta if hmac.compare_digest(meta.get("owner", ""), owner_of(state)) else None
+    return meta if hmac.compare_digest(meta.get("owner", ""), owner) else None
 
 
 def resume_position(log: str) -> Position:
