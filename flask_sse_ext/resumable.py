@@ -108,6 +108,8 @@ class _LogStream:
         self.ttl = ttl
         # Only an answer has an owner to watch and an idle limit to keep off.
         self.idle = float(meta["idle"]) if meta.get("kind") == "answer" else None
+        # The presence flag lives ``idle`` seconds: renew it well before it lapses.
+        self.renew = 1.0 if self.idle is None else min(1.0, self.idle / 4)
         self.heartbeat = heartbeat
         self.opening: Optional[bytes] = opening
         self.finished = False
@@ -129,7 +131,7 @@ class _LogStream:
         """Say a reader is here; end the log if its owner died before ending it."""
         if self.idle is None or time.monotonic() < self.next_signal:
             return
-        self.next_signal = time.monotonic() + 1.0
+        self.next_signal = time.monotonic() + self.renew
         flags = self.broker.log_signal(self.log, "reader", self.idle)
         if flags and "owner" not in flags:
             # Refused when the log has ended meanwhile: then the reader finds that end.
@@ -146,7 +148,7 @@ class _LogStream:
             try:
                 self._keep_alive()
                 wait = self.last_write + self.heartbeat - time.monotonic()
-                entries = self.broker.log_read(self.log, self.after, max(0.05, min(1.0, wait)))
+                entries = self.broker.log_read(self.log, self.after, max(0.05, min(self.renew, wait)))
             except BrokerError as exc:
                 # The client reconnects with its Last-Event-ID and goes on from there.
                 logger.warning("A resumable SSE stream lost its log: %s", exc)

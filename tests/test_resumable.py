@@ -256,3 +256,35 @@ def test_anonymous_streams_are_bound_to_the_session(server: Server) -> None:
     assert tokens(Answer(mine).until_end()) == [1, 2, 3]
     other = RawStream(server.port, info["url"])
     assert other.status == 404 and other.body() == b"No such stream\n"
+
+
+def test_a_generator_past_its_lifetime_is_stopped(start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server(config={"TEST_JOURNAL": str(tmp_path), "SSE_RESUMABLE_LIFETIME": 1})
+    first, _ = start(server, "old", auth(server, "alice"), "count=1000&pace=0.1")
+    end = first.until_end()
+    assert end[-1].type == "sse.error"
+    assert json.loads(end[-1].data) == {"error": "over the lifetime of 1 s"}
+    assert 5 <= len(tokens(end)) <= 15  # about 1 s of tokens, then nothing more
+    wait_until(lambda: len(journal(tmp_path, "old")) == 2)
+
+
+def test_a_failing_generator_ends_the_stream_with_sse_error_for_every_reader(
+    start_server: StartServer,
+) -> None:
+    server = start_server()  # its log gets the traceback, which the session server's must not
+    headers = auth(server, "alice")
+    first, info = start(server, "fails", headers, "count=10&pace=0.02&fail=3")
+    end = first.until_end()
+    assert tokens(end) == [1, 2]
+    assert (end[-1].type, json.loads(end[-1].data)) == ("sse.error", {"error": "internal error"})
+    again = resume(server, info["url"], headers, first.last_id.rpartition(".")[0] + ".0-0")
+    assert [e.type for e in again.until_end()] == ["token", "token", "sse.error"]
+
+
+def test_settings_are_validated() -> None:
+    from flask_sse_ext import SSE
+    from support.app import create_app
+
+    for key, bad in [("SSE_RESUMABLE_IDLE", 0), ("SSE_RESUMABLE_LIFETIME", "long"), ("SSE_RESUMABLE_TTL", 0)]:
+        with pytest.raises(ValueError, match=key):
+            create_app({key: bad}, sse=SSE())

@@ -171,11 +171,13 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
 
     @app.route("/answer/<name>", methods=["GET", "POST"])
     def answer(name: str) -> Any:
-        """A resumable answer of ``count`` tokens ``{"n", "pid"}``, one every ``pace`` s. With
+        """A resumable answer of ``count`` tokens ``{"n", "pid"}``, one every ``pace`` s (raising
+        instead of token ``fail``). With
         ``TEST_JOURNAL`` (a directory) set, its generator notes ``start <pid>`` and
         ``stop <epoch>`` in the file ``name`` there."""
         count = int(request.args.get("count", "40"))
         pace = float(request.args.get("pace", "0.1"))
+        fail = int(request.args.get("fail", "0"))
         folder = app.config.get("TEST_JOURNAL")
         journal = None if folder is None else os.path.join(folder, name)
 
@@ -189,6 +191,8 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
             try:
                 for n in range(1, count + 1):
                     time.sleep(pace)
+                    if n == fail:
+                        raise RuntimeError("the model failed")
                     yield Event({"n": n, "pid": os.getpid()}, event="token")
             finally:
                 note(f"stop {time.time()}")
