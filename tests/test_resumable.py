@@ -116,13 +116,16 @@ def tokens(events: List[ParsedEvent]) -> List[int]:
     return [json.loads(e.data)["n"] for e in events if e.type == "token"]
 
 
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 def test_reconnect_to_the_other_worker_gets_the_rest_exactly_once(
-    start_server: StartServer, redis_server: RedisServer, prefix: str, tmp_path: Path
+    request: pytest.FixtureRequest, start_server: StartServer, prefix: str, tmp_path: Path, backend: str
 ) -> None:
-    server = start_server(
-        config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix, "TEST_JOURNAL": str(tmp_path)},
-        workers=2,
-    )
+    config: Dict[str, Any] = {"SSE_REDIS_PREFIX": prefix, "TEST_JOURNAL": str(tmp_path)}
+    if backend == "cluster":
+        config.update(SSE_REDIS_URL=request.getfixturevalue("redis_cluster").url, SSE_REDIS_CLUSTER=True)
+    else:
+        config.update(SSE_REDIS_URL=request.getfixturevalue("redis_server").url)
+    server = start_server(config=config, workers=2)
     server.worker_pids(at_least=2)
     headers = auth(server, "alice")
     first, info = start(server, "forty", headers, "count=40&pace=0.1")
@@ -295,3 +298,32 @@ def test_settings_are_validated() -> None:
 def test_a_bad_credential_is_401(server: Server) -> None:
     stream = RawStream(server.port, "/answer/bad", headers={"Authorization": "Bearer junk"}, method="POST")
     assert stream.status == 401 and stream.body() == b"invalid token\n"
+
+
+def test_without_gevent_the_generator_runs_in_a_thread_and_streams_from_the_log() -> None:
+    """The dev server's case (threads): in-process, with Flask's test client."""
+    from flask import Flask
+
+    from flask_sse_ext import SSE, Event
+    from support.app import create_app
+
+    sse = SSE()
+    app: Flask = create_app(sse=sse)
+
+    @app.post("/count")
+    def count() -> Any:
+        return sse.response((Event(n, event="token") for n in range(1, 4)), resumable=True)
+
+    with app.test_client() as client:
+        response = client.post("/count", buffered=True)
+        body = response.get_data(as_text=True)
+        cookie = response.headers["Set-Cookie"]
+    assert response.status_code == 200 and cookie.startswith("session=")
+    blocks = body.split("\n\n")
+    assert blocks[0] == "retry: 3000" and blocks[1].startswith("event: sse.stream\ndata: ")
+    assert [b.split("\n")[:2] for b in blocks[2:6]] == [
+        ["event: token", "data: 1"],
+        ["event: token", "data: 2"],
+        ["event: token", "data: 3"],
+        ["event: sse.end", "data: "],
+    ]
