@@ -5,7 +5,9 @@ from .brokers.base import BrokerError
 from .direct import END_EVENT, ERROR_EVENT
 from .event import Event
 from .extension import SSE
+from .jobs import Job, JobEnded
 from .publisher import Publisher
+from .resumable import STREAM_EVENT
 from .stream import MISSED_EVENT
 
 #: The package version, read by setup.cfg (``version = attr: flask_sse_ext.__version__``).
@@ -22,4 +24,7 @@ __all__ = [
     "END_EVENT",
     "ERROR_EVENT",
     "private_channel",
+    "Job",
+    "JobEnded",
+    "STREAM_EVENT",
 ]

@@ -1,4 +1,4 @@
-"""``flask sse ...`` commands: publish an event, issue a token, show counters."""
+"""``flask sse ...`` commands: publish an event or a job's progress, issue a token, show counters."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from flask.cli import AppGroup
 
 from .auth import issue_token
 from .brokers.base import BrokerError
+from .jobs import Job
 from .state import get_state
 
 __all__ = ["cli"]
@@ -100,3 +101,36 @@ def stats() -> None:
     if processes is not None:
         out["redis_processes"] = processes
     click.echo(json.dumps(out, indent=2))
+
+
+@cli.command("job")
+@click.argument("job_id")
+@click.argument("data", required=False, default="")
+@click.option("--event", help="Event name (e.g. progress).")
+@click.option("--json", "as_json", is_flag=True, help="DATA is JSON: send it as a value.")
+@click.option("--end", "end", is_flag=True, help="End the job's stream (sse.end, with DATA).")
+@click.option("--fail", "fail", is_flag=True, help="End the job's stream with sse.error (DATA: the error).")
+def job(job_id: str, data: str, event: Optional[str], as_json: bool, end: bool, fail: bool) -> None:
+    """Publish DATA to the progress stream of JOB_ID (made if new) and print the event id."""
+    value: object = data
+    if as_json:
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
+    if end and fail:
+        raise click.UsageError("Give --end or --fail, not both")
+    state = get_state()
+    settings = state.settings
+    try:
+        stream = Job(
+            state.broker, job_id, ttl=settings.resumable_ttl, max_event_bytes=settings.max_event_bytes
+        )
+        click.echo(stream.end(value) if end else stream.fail(data) if fail else stream.publish(value, event))
+    except (ValueError, RuntimeError) as exc:  # a bad id or field; a job that has ended
+        raise click.UsageError(str(exc)) from None
+    except BrokerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if not state.broker.shared:
+        click.echo("warning: SSE_REDIS_URL is not set, so no stream of the app can read this job.", err=True)

@@ -40,6 +40,9 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_MAX_CONNECTIONS_PER_CLIENT": None,
     "SSE_MAX_CONNECTIONS_PER_USER": None,
     "SSE_METRICS_PATH": None,
+    "SSE_RESUMABLE_TTL": 3600,
+    "SSE_RESUMABLE_IDLE": 30.0,
+    "SSE_RESUMABLE_LIFETIME": 600.0,
 }
 
 
@@ -76,6 +79,9 @@ class Settings:
     max_connections_per_client: Optional[int]
     max_connections_per_user: Optional[int]
     metrics_path: Optional[str]
+    resumable_ttl: int
+    resumable_idle: float
+    resumable_lifetime: float
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -193,6 +199,9 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_METRICS_PATH", "metrics_path", _optional(_url_prefix)),
+    ("SSE_RESUMABLE_TTL", "resumable_ttl", lambda k, v: _int(k, v, 1)),
+    ("SSE_RESUMABLE_IDLE", "resumable_idle", _seconds),
+    ("SSE_RESUMABLE_LIFETIME", "resumable_lifetime", _seconds),
 )
 
 

@@ -14,6 +14,8 @@ from .cli import cli
 from .config import load_settings
 from .direct import direct_response
 from .endpoint import stream_view
+from .jobs import Job
+from .resumable import answer_response, job_response, resume_view
 from .state import AppState, Hooks, get_state
 from .stream import HEADERS
 
@@ -150,6 +152,7 @@ class SSE:
         retry: Optional[int] = None,
         headers: Optional[Mapping[str, str]] = None,
         expose_errors: bool = False,
+        resumable: bool = False,
     ) -> Response:
         """A streaming response of this request's own events, from any view and any method.
 
@@ -159,7 +162,22 @@ class SSE:
         ``event: sse.end`` when it is done. If it raises, the client gets ``event: sse.error``
         with ``{"error": "internal error"}`` (the exception text with ``expose_errors``). When
         the client leaves, the generator is stopped and its ``finally`` runs.
+
+        With ``resumable=True`` the generator runs apart from the request and its events go to
+        a log in the broker: the stream survives its connection. It opens with ``sse.stream``
+        (``{"id", "url"}``), and any reconnect, to any worker, with the ``Last-Event-ID`` (to
+        this view or to the ``url``) gets the rest without running the generator again. The
+        stream is bound to the requester's identity (or Flask session). See docs/resumable.md.
         """
+        if resumable:
+            return answer_response(
+                self.state(),
+                iterable,
+                heartbeat=heartbeat,
+                retry=retry,
+                headers=headers,
+                expose_errors=expose_errors,
+            )
         settings = self.state().settings
         return direct_response(
             iterable,
@@ -171,6 +189,30 @@ class SSE:
             environ=request.environ,
             base_headers=HEADERS,
         )
+
+    def cancel(self, stream_id: str) -> bool:
+        """Stop the resumable answer ``stream_id`` (its generator stops within a second, on
+        whichever worker runs it; readers get ``sse.end`` with ``{"reason": "cancelled"}``).
+        ``False`` when no such stream exists. Raises ``BrokerError``. Needs an app context."""
+        state = self.state()
+        if not stream_id.startswith("r.") or state.broker.log_meta(stream_id) is None:
+            return False
+        state.broker.log_signal(stream_id, "cancel", state.settings.resumable_ttl)
+        return True
+
+    def job(self, job_id: str) -> Job:
+        """The progress log of ``job_id`` (created if new), to ``publish`` to and ``end``; as
+        ``Publisher.job`` does without Flask. Raises ``ValueError`` for a bad id and
+        ``BrokerError``. Needs an app context."""
+        state = self.state()
+        settings = state.settings
+        return Job(state.broker, job_id, ttl=settings.resumable_ttl, max_event_bytes=settings.max_event_bytes)
+
+    def job_response(self, job_id: str) -> Response:
+        """A stream of ``job_id``'s progress: every event so far (or after the request's
+        ``Last-Event-ID``), then live, until the job ends. 404 for a job never created (or
+        expired). Decide in the view who may read it. Raises ``ValueError`` for a bad id."""
+        return job_response(self.state(), job_id)
 
     def presence(self, channel: str) -> int:
         """How many streams are open on ``channel`` over every worker and host that share the
@@ -199,4 +241,5 @@ def _blueprint() -> Blueprint:
     blueprint = Blueprint("sse", __name__, static_folder="static", cli_group=None)
     blueprint.cli.add_command(cli)
     blueprint.add_url_rule("", "stream", stream_view, methods=["GET", "OPTIONS"])
+    blueprint.add_url_rule("/resume/<stream_id>", "resume", resume_view, methods=["GET", "DELETE"])
     return blueprint

@@ -8,6 +8,7 @@ from collections import deque
 from typing import Callable, Deque, Dict, Optional, Set
 
 from .base import UNKNOWN, Broker, Cursor, Message, Position, Replay, parse_position
+from .memory_logs import MemoryLogs
 
 __all__ = ["MemoryBroker"]
 
@@ -22,7 +23,7 @@ class _Channel:
         self.dropped = floor
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(MemoryLogs, Broker):
     """Keeps the last ``history_size`` events of each channel in this process.
 
     Events published in another process (a second gunicorn worker, a CLI command) never reach
@@ -31,6 +32,7 @@ class MemoryBroker(Broker):
     """
 
     def __init__(self, history_size: int) -> None:
+        MemoryLogs.__init__(self)
         self.history_size = history_size
         self._lock = threading.Lock()
         self._channels: Dict[str, _Channel] = {}

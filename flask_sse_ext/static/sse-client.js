@@ -110,8 +110,11 @@ const utf8 = (text) => Array.from(new TextEncoder().encode(text), (b) => String.
  *   (ms) before the next attempt, undefined when the client has stopped
  * @param {number} [options.retry=1000] base delay (ms) until the server sends `retry:`
  * @param {number} [options.maxRetry=30000] the longest delay between attempts (ms)
- * @returns {{readyState: number, lastEventId: string, closed: Promise<void>, close(): void}}
- *   readyState is CONNECTING (also while waiting to reconnect), OPEN or CLOSED
+ * @returns {{readyState: number, lastEventId: string, closed: Promise<void>, close(): void,
+ *   streamId?: string, resumeUrl?: string}}
+ *   readyState is CONNECTING (also while waiting to reconnect), OPEN or CLOSED; a resumable
+ *   stream (`sse.response(..., resumable=True)`) sets streamId and resumeUrl from its
+ *   `sse.stream` event, and every reconnection GETs resumeUrl with `Last-Event-ID`
  */
 export function connect(url, options = {}) {
   const { method = "GET", headers = {}, body, credentials = "same-origin", signal } = options;
@@ -132,6 +135,14 @@ export function connect(url, options = {}) {
       resolveClosed();
     },
   };
+  /** `sse.stream` names a resumable stream: {id, url}. Later attempts go to that URL. */
+  const resumable = (event) => {
+    try {
+      const { id, url: resumeUrl } = JSON.parse(event.data);
+      const base = new URL(url, globalThis.location?.href);
+      Object.assign(conn, { streamId: id, resumeUrl: new URL(resumeUrl, base).href });
+    } catch { /* not one of ours: nothing to resume */ }
+  };
   const report = (message, status, retryIn) =>
     call(onError, Object.assign(new Error(message), { status, retryIn }));
   const stop = (message, status) => { conn.close(); if (message) report(message, status); };
@@ -142,8 +153,11 @@ export function connect(url, options = {}) {
     sent.set("Accept", "text/event-stream");
     sent.set("Cache-Control", "no-cache");
     if (conn.lastEventId) sent.set("Last-Event-ID", utf8(conn.lastEventId));
-    const response = await fetch(url, {
-      method, headers: sent, body, credentials, cache: "no-store", signal: abort.signal,
+    // A resumable stream (`sse.stream`) is resumed at its own URL with a GET, never by
+    // sending the request (a POST of a prompt) again.
+    const response = await fetch(conn.resumeUrl || url, {
+      method: conn.resumeUrl ? "GET" : method, headers: sent, body: conn.resumeUrl ? undefined : body,
+      credentials, cache: "no-store", signal: abort.signal,
     });
     const { status } = response;
     if (status === 204) return stop();
@@ -168,6 +182,7 @@ export function connect(url, options = {}) {
       onEvent: (event) => {
         if (conn.readyState === CLOSED) return;
         conn.lastEventId = event.lastEventId;
+        if (event.type === "sse.stream") resumable(event);
         call(onEvent, event);
         if (event.type === "sse.end" || event.type === "sse.error") conn.close();
       },

@@ -9,7 +9,9 @@ The views: ``/publish`` (JSON body: ``sse.publish``'s arguments), ``/stats`` (``
 with the worker's greenlets, file descriptors and pid), ``/token``, the direct streams
 ``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``, and
 for the browser client ``/`` (a page that imports ``sse-client.js``), ``/flaky/<name>``,
-``/gone`` and ``/forbidden``. With ``record_requests=True`` the app records every request but
+``/gone`` and ``/forbidden``; resumable answers ``/answer/<name>`` (any method),
+``/cancel/<stream id>`` (``sse.cancel``) and jobs ``/job/<job id>`` (GET: the stream; POST:
+publish). Every response carries the worker's pid as ``X-Pid``. With ``record_requests=True`` the app records every request but
 the bookkeeping ones (path, method, the headers a client must send), which ``/requests`` and
 ``/seen-ids`` return, so a test can count reconnections on the server side.
 """
@@ -161,6 +163,58 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
             raise RuntimeError("upstream exploded with a secret")
 
         return sse.response(items(), expose_errors=request.args.get("expose") == "1")
+
+    @app.after_request
+    def pid_header(response: Response) -> Response:
+        response.headers["X-Pid"] = str(os.getpid())
+        return response
+
+    @app.route("/answer/<name>", methods=["GET", "POST"])
+    def answer(name: str) -> Any:
+        """A resumable answer of ``count`` tokens ``{"n", "pid"}``, one every ``pace`` s (raising
+        instead of token ``fail``). With
+        ``TEST_JOURNAL`` (a directory) set, its generator notes ``start <pid>`` and
+        ``stop <epoch>`` in the file ``name`` there."""
+        count = int(request.args.get("count", "40"))
+        pace = float(request.args.get("pace", "0.1"))
+        fail = int(request.args.get("fail", "0"))
+        folder = app.config.get("TEST_JOURNAL")
+        journal = None if folder is None else os.path.join(folder, name)
+
+        def note(line: str) -> None:
+            if journal is not None:
+                with open(journal, "a") as out:
+                    out.write(line + "\n")
+
+        def tokens() -> Iterator[Event]:
+            note(f"start {os.getpid()}")
+            try:
+                for n in range(1, count + 1):
+                    time.sleep(pace)
+                    if n == fail:
+                        raise RuntimeError("the model failed")
+                    yield Event({"n": n, "pid": os.getpid()}, event="token")
+            finally:
+                note(f"stop {time.time()}")
+
+        return sse.response(tokens(), resumable=True, heartbeat=float(request.args.get("heartbeat", "1")))
+
+    @app.post("/cancel/<stream_id>")
+    def cancel(stream_id: str) -> Any:
+        return jsonify(cancelled=sse.cancel(stream_id), at=time.time())
+
+    @app.get("/job/<job_id>")
+    def job_stream(job_id: str) -> Any:
+        return sse.job_response(job_id)
+
+    @app.post("/job/<job_id>")
+    def job_publish(job_id: str) -> Any:
+        """``{"data", "event"}`` to publish to the job, ``{"end": true}`` to end it."""
+        fields = request.get_json()
+        job = sse.job(job_id)
+        if fields.get("end"):
+            return jsonify(id=job.end())
+        return jsonify(id=job.publish(fields["data"], event=fields.get("event")))
 
     @app.get("/")
     def index() -> Any:
