@@ -40,6 +40,8 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_MAX_CONNECTIONS_PER_CLIENT": None,
     "SSE_MAX_CONNECTIONS_PER_USER": None,
     "SSE_METRICS_PATH": None,
+    "SSE_TICKET_TTL": 30.0,
+    "SSE_TICKET_ENDPOINT": False,
 }
 
 
@@ -76,6 +78,8 @@ class Settings:
     max_connections_per_client: Optional[int]
     max_connections_per_user: Optional[int]
     metrics_path: Optional[str]
+    ticket_ttl: float
+    ticket_endpoint: bool
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -193,6 +197,8 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_METRICS_PATH", "metrics_path", _optional(_url_prefix)),
+    ("SSE_TICKET_TTL", "ticket_ttl", _seconds),
+    ("SSE_TICKET_ENDPOINT", "ticket_endpoint", _bool),
 )
 
 
