@@ -274,12 +274,11 @@ export function connectShared(url, options = {}) {
   target.searchParams.delete("channel");
   const name = "flask-sse-ext:" + target.href;
   const { onEvent, onOpen, onError, signal } = options;
-  const tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
   const bus = new BroadcastChannel(name);
   const seen = new Map(mine.map((channel) => [channel, new Set()]));
   /** What every tab knows of the shared stream: its channels and its last cursor. */
   const shared = { union: [], cursor: "" };
-  let leading = null, release = null, resolveClosed;
+  let leading = null, release = null, queued = false, resolveClosed;
 
   const conn = {
     readyState: CONNECTING,
@@ -289,7 +288,6 @@ export function connectShared(url, options = {}) {
     close() {
       if (conn.readyState === CLOSED) return;
       conn.readyState = CLOSED;
-      bus.postMessage({ t: "bye", tab });
       abdicate();
       bus.close();
       signal?.removeEventListener("abort", conn.close);
@@ -321,12 +319,19 @@ export function connectShared(url, options = {}) {
   bus.onmessage = ({ data: m }) => {
     if (m.t === "event") { note(m.union, m.cursor); deliver(m); }
     else if (m.t === "cursor") note(m.union, m.cursor);
-    else if (m.t === "hello" && leading) leading.join(m.tab, m.channels);
-    else if (m.t === "bye" && leading) leading.members.delete(m.tab);
-    else if (m.t === "who") bus.postMessage({ t: "hello", tab, channels: mine });
-    else if (m.t === "open") { conn.readyState = OPEN; call(onOpen, undefined); }
+    else if (m.t === "hello" && leading) leading.join(m.channels);
+    else if (m.t === "who") bus.postMessage({ t: "hello", channels: mine });
+    else if (m.t === "open") opened(m.channels);
     else if (m.t === "error") report(m);
   };
+
+  /** The leader's stream opened: this tab is open once the stream carries all its channels
+   * (before that, its events are not on it yet). */
+  function opened(channels) {
+    if (conn.readyState !== CONNECTING || !mine.every((c) => channels.includes(c))) return;
+    conn.readyState = OPEN;
+    call(onOpen, undefined);
+  }
 
   /** The leader's stream failed: every tab hears it, and all stop when it stopped. */
   function report({ message, status, retryIn }) {
@@ -338,18 +343,23 @@ export function connectShared(url, options = {}) {
 
   /** Leads: holds the one stream for the union of every tab's channels. */
   function lead() {
-    const members = new Map([[tab, mine]]);
     let union = sorted([...shared.union, ...mine]), stream = null, timer;
     const start = () => {
-      const cursor = cursorFor(union, shared.union, shared.cursor);
-      note(union, cursor);
+      const channels = union; // this stream's: the union may grow while it runs
+      const cursor = cursorFor(channels, shared.union, shared.cursor);
+      note(channels, cursor);
       let previous = cursor;
       const address = new URL(target);
-      for (const channel of union) address.searchParams.append("channel", channel);
+      for (const channel of channels) address.searchParams.append("channel", channel);
       const current = (stream = connect(address, {
         ...solo, lastEventId: cursor, signal: undefined,
-        onId: (id) => { if (stream === current) { previous = id; note(union, id); bus.postMessage({ t: "cursor", union, cursor: id }); } },
-        onOpen: () => { if (stream === current) { conn.readyState = OPEN; call(onOpen, undefined); bus.postMessage({ t: "open" }); } },
+        onId: (id) => {
+          if (stream !== current) return;
+          previous = id;
+          note(channels, id);
+          bus.postMessage({ t: "cursor", union: channels, cursor: id });
+        },
+        onOpen: () => { if (stream === current) { opened(channels); bus.postMessage({ t: "open", channels }); } },
         onError: (e) => {
           if (stream !== current) return;
           const m = { t: "error", message: e.message, status: e.status, retryIn: e.retryIn };
@@ -358,28 +368,30 @@ export function connectShared(url, options = {}) {
         },
         onEvent: (event) => {
           if (stream !== current) return;
-          const m = { t: "event", ...route(union, previous, event), event, union, cursor: event.lastEventId };
+          const m = { t: "event", ...route(channels, previous, event), event, union: channels, cursor: event.lastEventId };
           previous = event.lastEventId;
-          note(union, previous);
+          note(channels, previous);
           bus.postMessage(m);
           deliver(m);
         },
       }));
     };
-    const join = (other, channels) => {
-      members.set(other, channels);
+    const join = (channels) => {
       const wider = sorted([...union, ...channels]);
-      if (wider.length === union.length) return;
+      if (wider.length === union.length) {
+        if (stream?.readyState === OPEN && !timer) bus.postMessage({ t: "open", channels: union });
+        return;
+      }
       union = wider;
       clearTimeout(timer); // tabs that open together cost one reconnection, not one each
-      timer = setTimeout(() => { stream?.close(); start(); }, 50);
+      timer = setTimeout(() => { timer = null; stream?.close(); start(); }, 50);
     };
-    leading = { members, join, stop() { clearTimeout(timer); stream?.close(); stream = null; } };
+    leading = { join, stop() { clearTimeout(timer); stream?.close(); stream = null; } };
     bus.postMessage({ t: "who" });
     // Taking over: resume at once. The first leader waits for the other tabs' answers first,
     // so that tabs opened together start on one stream.
     if (shared.union.length) start();
-    else timer = setTimeout(start, 100);
+    else timer = setTimeout(() => { timer = null; start(); }, 100);
   }
 
   function abdicate() {
@@ -389,12 +401,14 @@ export function connectShared(url, options = {}) {
     release = null;
   }
 
+  /** Waits in the lock's queue (once) and leads when the lock is granted. */
   function campaign() {
-    if (conn.readyState === CLOSED || release) return;
+    if (conn.readyState === CLOSED || queued) return;
+    queued = true;
     navigator.locks.request(name, () => new Promise((resolve) => {
-      if (conn.readyState === CLOSED) return resolve();
-      release = resolve;
-      lead();
+      release = () => { queued = false; resolve(); };
+      if (conn.readyState === CLOSED) release();
+      else lead();
     }));
   }
 
@@ -404,19 +418,21 @@ export function connectShared(url, options = {}) {
   // A frozen leader would hold the lock and deliver nothing: it hands over first.
   document.addEventListener("freeze", abdicate);
   document.addEventListener("resume", campaign);
-  bus.postMessage({ t: "hello", tab, channels: mine });
+  bus.postMessage({ t: "hello", channels: mine });
   campaign();
   return conn;
 }
 
 const sorted = (channels) => [...new Set(channels)].sort();
 
-/** A compound cursor (`~` and one base-36 `ms[-seq]` token per channel) as positions. */
+/** A compound cursor (`~` and one base-36 `ms[-seq]` token per channel) as positions; `_`
+ * (a channel that starts from now) is null. */
 function decodeCompound(text, count) {
   if (!text.startsWith("~")) return null;
   const tokens = text.slice(1).split(".");
   if (tokens.length !== count) return null;
   return tokens.map((token) => {
+    if (token === "_") return null;
     const [ms, seq = "0"] = token.split("-");
     return [parseInt(ms, 36), parseInt(seq, 36)];
   });
@@ -433,7 +449,8 @@ function route(union, previous, event) {
   const after = decodeCompound(event.lastEventId, union.length);
   if (before && after) {
     // Each event moves exactly its own channel's position in the compound cursor.
-    const moved = union.filter((_, i) => after[i][0] !== before[i][0] || after[i][1] !== before[i][1]);
+    // A channel that started from now (null before) is not known to have moved.
+    const moved = union.filter((_, i) => after[i] && before[i] && (after[i][0] !== before[i][0] || after[i][1] !== before[i][1]));
     if (moved.length === 1) {
       const i = union.indexOf(moved[0]);
       return { channels: moved, key: `${after[i][0]}-${after[i][1]}` };
