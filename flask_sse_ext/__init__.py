@@ -6,7 +6,7 @@ from .direct import END_EVENT, ERROR_EVENT
 from .event import Event
 from .extension import SSE
 from .publisher import Publisher
-from .stream import MISSED_EVENT
+from .stream import MISSED_EVENT, REAUTH_EVENT
 
 __all__ = [
     "SSE",
@@ -16,6 +16,7 @@ __all__ = [
     "AuthError",
     "BrokerError",
     "MISSED_EVENT",
+    "REAUTH_EVENT",
     "END_EVENT",
     "ERROR_EVENT",
     "private_channel",
