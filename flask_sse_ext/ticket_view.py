@@ -8,7 +8,7 @@ read: origin (403), channel names (400), credentials (401), channel rules (403).
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Mapping, Optional
 
 from flask import Response, current_app, jsonify, request
 
@@ -22,16 +22,17 @@ from .tickets import issue_ticket
 __all__ = ["ticket_view"]
 
 
-def _answer(status: int, message: str, headers: Any) -> Response:
+def _answer(status: int, message: str, headers: Mapping[str, str]) -> Response:
     return Response(message + "\n", status, {**headers, "Cache-Control": "no-store"}, mimetype="text/plain")
 
 
-def _requested_channels() -> Any:
-    names: Any = request.args.getlist("channel")
-    if not names and request.is_json:
-        body = request.get_json(silent=True)
-        names = body.get("channels") if isinstance(body, dict) else None
-    return names
+def _requested_channels() -> Optional[Any]:
+    """The channel names asked for, unchecked: a list from the query or the JSON body."""
+    names = request.args.getlist("channel")
+    if names or not request.is_json:
+        return names
+    body = request.get_json(silent=True)
+    return body.get("channels") if isinstance(body, dict) else None
 
 
 def ticket_view() -> Response:
@@ -55,7 +56,6 @@ def ticket_view() -> Response:
     limit = settings.max_channels_per_connection
     if len(names) > limit:
         return _answer(400, f"At most {limit} channels per stream (SSE_MAX_CHANNELS_PER_CONNECTION)", cors)
-    channels: List[str] = []
     try:
         channels = sorted({validate_channel(name) for name in names})
     except ValueError as exc:

@@ -182,3 +182,33 @@ def test_plain_event_source_with_tickets_renews_on_reauth(start_server: StartSer
     assert [e["data"] for e in got] == [f"event {n}" for n in range(len(ids))]
     assert [e["id"] for e in got] == ids
     assert page.evaluate("window.run.opens") >= 3
+
+
+@pytest.mark.parametrize("renewed", [True, False])
+def test_a_401_asks_for_a_credential_once_more(start_server: StartServer, page: Page, renewed: bool) -> None:
+    """A credential that is already stale when sent: the client asks again ("unauthorized") and
+    opens with the fresh one; a second 401 stops it, with the status."""
+    server = start_server(config=CONFIG)
+    open_page(page, server)
+    page.evaluate(
+        """(renewed) => {
+            window.run.conn = connect("/stream?channel=secret", {
+                retry: 50,
+                getCredential: async ({reason}) => {
+                    window.asked.push(reason);
+                    return reason === "unauthorized" && renewed ? window.token(60) : "stale";
+                },
+                onOpen: () => { window.run.opens += 1; },
+                onError: (e) => window.run.errors.push([e.message, e.status, e.retryIn ?? null]),
+            });
+        }""",
+        renewed,
+    )
+    if renewed:
+        page.wait_for_function("window.run.opens === 1", timeout=5000)
+        assert page.evaluate("window.run.errors") == [["HTTP 401", 401, 0]]
+    else:
+        page.wait_for_function("window.run.conn.readyState === 2", timeout=5000)
+        assert page.evaluate("window.run.errors") == [["HTTP 401", 401, 0], ["HTTP 401", 401, None]]
+    assert page.evaluate("window.asked") == ["open", "unauthorized"]
+    assert page.evaluate("window.fetches.filter((u) => u.includes('/stream?')).length") == 2

@@ -19,6 +19,11 @@
  * that is not `text/event-stream`, after the event `sse.end` or `sse.error` (the last event of
  * a direct stream), on `close()`, and when `signal` aborts. `body` is sent on every attempt.
  * `createParser` is the parser: WHATWG HTML 9.2, "Interpreting an event stream".
+ *
+ * Credentials that expire: with `getCredential`, the client asks the app for a token or a
+ * ticket before every attempt, asks once more after a 401, and after the server's `sse.reauth`
+ * (the credential expired) reconnects at once with a fresh one, resuming with `Last-Event-ID`.
+ * Tabs: `share: true` gives every tab of the origin one stream (`connectShared`, below).
  */
 
 export const CONNECTING = 0, OPEN = 1, CLOSED = 2;
@@ -213,13 +218,18 @@ export function connect(url, options = {}) {
       if (conn.readyState === CLOSED) return;
       if (reauth) {
         reauth = false;
+        conn.readyState = CONNECTING;
         // sse.reauth carries no id: Last-Event-ID still resumes after the last event.
         if (!getCredential) return stop("The credential expired (sse.reauth) and no getCredential renews it", 401);
         reason = "reauth";
         continue;
       }
       reason = failure.again || "reconnect";
-      if (failure.again) { report(failure.message, failure.status, 0); continue; }
+      if (failure.again) {
+        conn.readyState = CONNECTING;
+        report(failure.message, failure.status, 0);
+        continue;
+      }
       const ceiling = Math.min(maxRetry, base * 2 ** attempts++);
       const delay = Math.max(failure.wait || 0, Math.round(ceiling * (0.5 + Math.random() / 2)));
       conn.readyState = CONNECTING;
