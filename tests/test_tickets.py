@@ -18,6 +18,7 @@ from flask_sse_ext.gunicorn import redact
 from support.app import create_app
 from support.client import RawStream
 from support.client import request as http
+from support.parser import SSEParser
 from support.paths import ROOT
 from support.redis import RedisServer
 from support.server import Server, StartServer, start_gunicorn
@@ -367,3 +368,19 @@ def test_cross_site_tag_without_a_cookie_or_with_a_token_is_not_refused(ticketin
         ticketing.port, f"/stream?channel=private:jo&token={token(ticketing, 'jo')}", headers=cross
     )
     assert with_token.status == 200
+
+
+# -- the end of a credential, and of a connection's age ---------------------------------------
+
+
+def test_reauth_only_when_the_credential_ends_the_stream(start_server: StartServer) -> None:
+    """``SSE_MAX_CONNECTION_AGE`` ends a stream whose token is still good: no ``sse.reauth``
+    then, the browser just reconnects; a token that runs out first gets it."""
+    server = start_server(config={**CONFIG, "SSE_MAX_CONNECTION_AGE": 1})
+    for lifetime, expected_events in ((60, []), (0.5, ["sse.reauth"])):
+        stream = RawStream(server.port, f"/stream?channel=news&token={token(server, 'kim', lifetime)}")
+        stream.opening(retry=100)
+        chunks = stream.idle(3)
+        assert stream.ended
+        events = SSEParser().feed(b"".join(chunks))
+        assert [e.type for e in events] == expected_events
