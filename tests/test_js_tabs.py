@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from support.client import RawStream
+from support.client import RawStream, request
 from support.parser import SSEParser
 from support.server import Server, StartServer
 from support.waiting import wait_until
@@ -83,7 +83,7 @@ def feed(start: int, count: int) -> List[Tuple[str, str]]:
 def test_ten_tabs_share_one_stream_and_survive_the_leader_closing(
     start_server: StartServer, page: Page
 ) -> None:
-    server = start_server(config=CONFIG)
+    server = start_server(app="support.app:served(record_requests=True)", config=CONFIG)
     channels = [["all", "a"] if i < 5 else ["all", "b"] for i in range(9)] + [["a", "b"]]
     tabs = [open_tab(page if i == 0 else page.context.new_page(), server, channels[i]) for i in range(10)]
     for tab in tabs:
@@ -128,6 +128,10 @@ def test_ten_tabs_share_one_stream_and_survive_the_leader_closing(
     print(f"the new leader asked for the stream {took:.0f} ms after the old one closed")
     assert 0 <= took < RETRY_MS
     wait_until(lambda: server.stats()["streams"] == 1, message=server.stats)
+    # The new leader resumed the union stream from the cursor the tabs last saw.
+    status, recorded = request(server.port, "GET", "/requests?path=/stream")
+    assert status == 200
+    assert recorded[-1]["last_event_id"] is not None and recorded[-1]["last_event_id"].startswith("~")
 
 
 def test_a_tab_that_adds_a_channel_widens_the_stream_without_loss(
