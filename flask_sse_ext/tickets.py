@@ -87,7 +87,8 @@ def redeem_ticket(
     other: Optional[Identity],
     claim: Claim,
 ) -> Identity:
-    """The identity a ticket opens ``channels`` as, spending the ticket. ``other`` is the
+    """The identity a ticket opens ``channels`` as (its ``claims`` say ``{"ticket": True}`` to
+    the ``authorize`` hook), spending the ticket. ``other`` is the
     identity of any other credential the request carries (a session cookie): it must be the
     ticket's. Raises ``TicketRefused``; raises ``BrokerError`` when the broker cannot tell
     whether the ticket was spent."""
@@ -97,20 +98,26 @@ def redeem_ticket(
         payload = _serializer(app).loads(ticket)
     except BadData:
         raise TicketRefused(401, "invalid ticket") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("sub"), str):
+    if not isinstance(payload, dict):
         raise TicketRefused(401, "invalid ticket")
-    left = float(payload["exp"]) - time.time()
+    identity, expires_at, allowed, nonce = (payload.get(k) for k in ("sub", "exp", "ch", "n"))
+    if not (
+        isinstance(identity, str)
+        and isinstance(expires_at, (int, float))
+        and isinstance(allowed, list)
+        and isinstance(nonce, str)
+    ):
+        raise TicketRefused(401, "invalid ticket")
+    left = expires_at - time.time()
     if left <= 0:
         raise TicketRefused(401, "ticket expired")
-    identity = payload["sub"]
     if other is not None and other.id != identity:
         raise TicketRefused(403, "the ticket was issued to another identity")
-    allowed = payload["ch"]
     for channel in channels:
         if channel not in allowed:
             raise TicketRefused(403, f"the ticket does not cover channel {channel!r}")
     # Checked last: a ticket refused above is not spent. Kept a second past its expiry, so
     # that no clock step lets it be used twice.
-    if not claim("ticket:" + str(payload["n"]), left + 1.0):
+    if not claim("ticket:" + nonce, left + 1.0):
         raise TicketRefused(401, "ticket already used")
     return Identity(identity, allowed, payload.get("until"), {"ticket": True})
