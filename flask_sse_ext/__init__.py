@@ -8,7 +8,7 @@ from .extension import SSE
 from .jobs import Job, JobEnded
 from .publisher import Publisher
 from .resumable import STREAM_EVENT
-from .stream import MISSED_EVENT
+from .stream import MISSED_EVENT, REAUTH_EVENT
 
 #: The package version, read by setup.cfg (``version = attr: flask_sse_ext.__version__``).
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "AuthError",
     "BrokerError",
     "MISSED_EVENT",
+    "REAUTH_EVENT",
     "END_EVENT",
     "ERROR_EVENT",
     "private_channel",

@@ -43,6 +43,8 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_RESUMABLE_TTL": 3600,
     "SSE_RESUMABLE_IDLE": 30.0,
     "SSE_RESUMABLE_LIFETIME": 600.0,
+    "SSE_TICKET_TTL": 30.0,
+    "SSE_TICKET_ENDPOINT": False,
 }
 
 
@@ -82,6 +84,8 @@ class Settings:
     resumable_ttl: int
     resumable_idle: float
     resumable_lifetime: float
+    ticket_ttl: float
+    ticket_endpoint: bool
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -202,6 +206,8 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_RESUMABLE_TTL", "resumable_ttl", lambda k, v: _int(k, v, 1)),
     ("SSE_RESUMABLE_IDLE", "resumable_idle", _seconds),
     ("SSE_RESUMABLE_LIFETIME", "resumable_lifetime", _seconds),
+    ("SSE_TICKET_TTL", "ticket_ttl", _seconds),
+    ("SSE_TICKET_ENDPOINT", "ticket_endpoint", _bool),
 )
 
 

@@ -9,7 +9,7 @@ from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Union
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from .auth import Authorize, TokenLoader, issue_token
+from .auth import AuthError, Authorize, TokenLoader, identify, issue_token
 from .cli import cli
 from .config import load_settings
 from .direct import direct_response
@@ -18,6 +18,7 @@ from .jobs import Job
 from .resumable import answer_response, job_response, resume_view
 from .state import AppState, Hooks, get_state
 from .stream import HEADERS
+from .tickets import issue_ticket as issue_ticket_for
 
 __all__ = ["SSE"]
 
@@ -72,6 +73,30 @@ class SSE:
         self.state()
         return issue_token(current_app, identity, channels, expires_in)
 
+    def issue_ticket(
+        self,
+        identity: Optional[str] = None,
+        channels: Collection[str] = ("sse",),
+        expires_in: Optional[float] = None,
+    ) -> str:
+        """A stream ticket: good for opening one stream on (some of) ``channels`` as
+        ``identity``, once, within ``expires_in`` seconds (default ``SSE_TICKET_TTL``); the
+        page opens ``<stream URL>?channel=...&ticket=<ticket>``. ``identity`` defaults to the
+        current request's (Bearer token or Flask-Login session), and a stream opened with the
+        ticket ends when that request's token expires. Raises ``AuthError`` when there is no
+        identity, ``ValueError`` for bad ``channels`` (a ``str``, a bad name, another
+        identity's private channel). Needs an app (and, without ``identity``, a request)
+        context."""
+        state = self.state()
+        stream_expires_at = None
+        if identity is None:
+            current = identify(current_app, request, state.hooks.token_loader)
+            if current is None:
+                raise AuthError("no identity: pass one, or call this in a request with credentials")
+            identity, stream_expires_at = current.id, current.expires_at
+        ttl = state.settings.ticket_ttl if expires_in is None else expires_in
+        return issue_ticket_for(current_app, identity, channels, ttl, stream_expires_at)
+
     def init_app(self, app: Flask) -> None:
         """Read and validate the config, and register the ``sse`` blueprint.
 
@@ -111,6 +136,11 @@ class SSE:
             from .metrics import metrics_view
 
             app.add_url_rule(settings.metrics_path, "sse_metrics", metrics_view)
+        if settings.ticket_endpoint:
+            from .ticket_view import ticket_view
+
+            rule = settings.url_prefix.rstrip("/") + "/ticket"
+            app.add_url_rule(rule, "sse_ticket", ticket_view, methods=["POST", "OPTIONS"])
 
     def state(self, app: Optional[Flask] = None) -> AppState:
         """This extension's state for ``app`` (default: the current app).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Iterator, List, Protocol
 
 import pytest
@@ -195,3 +196,16 @@ def test_redis_new_subscription_knows_its_live_position_without_a_history_read(
         assert _same(got, [after]) and broker.live_position("a") == after.position
     finally:
         broker.close()
+
+
+def test_claim_once_is_won_once_until_it_expires(make_broker: MakeBroker) -> None:
+    """The single use of stream tickets: one claim wins, every other loses, until the ttl."""
+    broker, other = make_broker(), make_broker()  # two processes sharing one backend, for Redis
+    assert broker.claim_once("ticket:a", 0.3)
+    assert not broker.claim_once("ticket:a", 0.3)
+    assert broker.claim_once("ticket:b", 0.3)
+    if broker.shared:
+        assert not other.claim_once("ticket:a", 0.3)
+    made = time.monotonic()
+    wait_until(lambda: time.monotonic() > made + 0.35)
+    assert broker.claim_once("ticket:a", 0.3)

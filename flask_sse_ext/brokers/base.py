@@ -214,6 +214,13 @@ class Broker(ABC):
         """Connection caps counted where this broker's streams are: here, in this process."""
         return MemoryLimiter()
 
+    def claim_once(self, key: str, ttl: float) -> bool:
+        """Capability: ``True`` the first time ``key`` is claimed, ``False`` for every later
+        claim within ``ttl`` seconds, over every process that shares the broker (single-use
+        stream tickets). Raises ``BrokerError`` when the backend does not answer, or when the
+        broker cannot keep claims at all."""
+        raise BrokerError(f"{type(self).__name__} cannot keep single-use claims (stream tickets)")
+
     def close(self) -> None:
         """Release connections and background work."""
 

@@ -41,6 +41,8 @@ class MemoryBroker(MemoryLogs, Broker):
         # Nothing from before this broker existed is known: that is the floor of every channel.
         self._floor: Position = (int(time.time() * 1000), 0)
         self._last = self._floor
+        #: Claimed keys (single-use tickets) and when they may be forgotten (monotonic).
+        self._claims: Dict[str, float] = {}
 
     def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
         self._deliver = deliver  # nothing is ever lost in one process
@@ -123,3 +125,13 @@ class MemoryBroker(MemoryLogs, Broker):
                 newer.append(message)
             newer.reverse()
             return Replay(newer, head, False)
+
+    def claim_once(self, key: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._claims) >= 1024:  # forget expired claims now and then, not per call
+                self._claims = {k: t for k, t in self._claims.items() if t > now}
+            if self._claims.get(key, 0.0) > now:
+                return False
+            self._claims[key] = now + ttl
+            return True

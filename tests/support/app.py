@@ -7,7 +7,8 @@ over HTTP (below), which is what gunicorn serves: ``served()`` is that app, conf
 
 The views: ``/publish`` (JSON body: ``sse.publish``'s arguments), ``/stats`` (``sse.stats()``
 with the worker's greenlets, file descriptors and pid), ``/token``, the direct streams
-``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``, and
+``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``,
+``/login`` (POST ``?user=``: a Flask-Login session cookie), and
 for the browser client ``/`` (a page that imports ``sse-client.js``), ``/flaky/<name>``,
 ``/gone`` and ``/forbidden``; resumable answers ``/answer/<name>`` (any method),
 ``/cancel/<stream id>`` (``sse.cancel``) and jobs ``/job/<job id>`` (GET: the stream; POST:
@@ -26,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import greenlet  # type: ignore[import-untyped]  # greenlet ships no type information
 from flask import Flask, Response, jsonify, request
+from flask_login import LoginManager, UserMixin, login_user
 
 from flask_sse_ext import SSE, BrokerError, Event, Identity
 
@@ -88,7 +90,20 @@ def served(record_requests: bool = False) -> Flask:
     return create_app(config, views=True, record_requests=record_requests)
 
 
+class _User(UserMixin):  # type: ignore[misc]  # Flask-Login ships no type information
+    def __init__(self, user_id: str) -> None:
+        self.id = user_id
+
+
 def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
+    login_manager = LoginManager(app)
+    login_manager.user_loader(_User)
+
+    @app.post("/login")
+    def login() -> Any:
+        login_user(_User(request.args["user"]))
+        return "logged in"
+
     #: When each /probe generator's ``finally`` ran (epoch seconds), by name.
     finally_at: Dict[str, float] = {}
     #: How many requests each /flaky stream got.

@@ -263,6 +263,9 @@ class RedisBroker(RedisLogs, Broker):
     def processes(self) -> Optional[int]:
         return len(self.store.live_processes())
 
+    def claim_once(self, key: str, ttl: float) -> bool:
+        return self.store.claim_once(key, ttl)
+
     def limiter(self) -> Limiter:
         """Connection caps shared by every process that uses this Redis."""
         with self._lock:
