@@ -52,7 +52,7 @@ def test_token_accepted_from_bearer_and_query(how: str) -> None:
     else:
         response = get(app, f"/stream?channel=news&token={token}")
     assert response.status_code == 200
-    assert first_chunk(response) == b"retry: 3000\n\n"
+    assert first_chunk(response) == b"retry: 3000\n"
 
 
 def test_bearer_wins_over_query_token() -> None:
@@ -250,7 +250,7 @@ def test_authorization_withdrawn_between_check_and_replay_sends_no_history() -> 
         first = sse.publish("one", channel="c")
         sse.publish("private detail", channel="c")
     response = get(app, "/stream?channel=c", **{"Last-Event-ID": first})
-    assert first_chunk(response) == b"retry: 3000\n\n"
+    assert first_chunk(response) == b"retry: 3000\n"
 
 
 # -- CORS ------------------------------------------------------------------------------------
