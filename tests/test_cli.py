@@ -98,7 +98,7 @@ def test_stats_reports_every_server_process_counters_from_redis(
 
         def counted() -> bool:
             now = stats()
-            return now["processes"] == 2 and now["streams"] == 3 and now["published"] == 4
+            return bool(now["processes"] == 2 and now["streams"] == 3 and now["published"] == 4)
 
         wait_until(counted, timeout=15, message=stats)
         now = stats()

@@ -7,10 +7,11 @@ over HTTP (below), which is what gunicorn serves: ``served()`` is that app, conf
 
 The views: ``/publish`` (JSON body: ``sse.publish``'s arguments), ``/stats`` (``sse.stats()``
 with the worker's greenlets, file descriptors and pid), ``/token``, the direct streams
-``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``, and
+``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``,
+``/resync/<channel>`` (POST: ends the channel's streams, so that their clients reconnect), and
 for the browser client ``/`` (a page that imports ``sse-client.js``), ``/flaky/<name>``,
 ``/gone`` and ``/forbidden``. With ``record_requests=True`` the app records every request but
-the bookkeeping ones (path, method, the headers a client must send), which ``/requests`` and
+the bookkeeping ones (path, query, time, method, the headers a client must send), which ``/requests`` and
 ``/seen-ids`` return, so a test can count reconnections on the server side.
 """
 
@@ -162,6 +163,13 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
 
         return sse.response(items(), expose_errors=request.args.get("expose") == "1")
 
+    @app.post("/resync/<channel>")
+    def resync(channel: str) -> Any:
+        """End this worker's streams of ``channel``, as when the broker loses track of it: each
+        client reconnects with its ``Last-Event-ID``."""
+        sse.state().serve().resync(channel)
+        return jsonify(ended=channel)
+
     @app.get("/")
     def index() -> Any:
         return Response(PAGE, mimetype="text/html")
@@ -185,7 +193,7 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
 
     if not record_requests:
         return
-    recorded: List[Dict[str, Optional[str]]] = []
+    recorded: List[Dict[str, Any]] = []
 
     @app.before_request
     def record() -> None:
@@ -197,6 +205,8 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
                     "last_event_id": request.headers.get("Last-Event-ID"),
                     "accept": request.headers.get("Accept"),
                     "cache_control": request.headers.get("Cache-Control"),
+                    "query": request.query_string.decode("latin-1"),
+                    "at": time.time(),
                 }
             )
 
