@@ -66,8 +66,8 @@ CASES = (
         {"data": {"msg": "\u00fcn\u00efcode", "n": [1, 2.5, None]}},
         '{"msg":"\u00fcn\u00efcode","n":[1,2.5,null]}',
     ),
-    Case("own id", {"data": "with my own id", "id": "order-17"}, "with my own id"),
-    Case("retry", {"data": "slower reconnects", "retry": RETRY}, "slower reconnects"),
+    Case("own id", {"data": "with my own id", "id": "commande-17-\u00e9t\u00e9"}, "with my own id"),
+    Case("retry", {"data": "slower reconnects", "retry": RETRY, "id": "reprise-\u00e9"}, "slower reconnects"),
     Case(
         "replayed", {"data": "published while you were away"}, "published while you were away", phase="away"
     ),

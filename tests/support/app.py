@@ -54,6 +54,14 @@ def authorize(identity: Optional[Identity], channel: str) -> bool:
     return True
 
 
+def _header_text(value: Optional[str]) -> Optional[str]:
+    """A header as the client meant it: clients send UTF-8, WSGI hands it over as Latin-1."""
+    try:
+        return None if value is None else value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def create_app(
     config: Optional[Mapping[str, Any]] = None,
     *,
@@ -202,7 +210,7 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
                 {
                     "path": request.path,
                     "method": request.method,
-                    "last_event_id": request.headers.get("Last-Event-ID"),
+                    "last_event_id": _header_text(request.headers.get("Last-Event-ID")),
                     "accept": request.headers.get("Accept"),
                     "cache_control": request.headers.get("Cache-Control"),
                     "query": request.query_string.decode("latin-1"),

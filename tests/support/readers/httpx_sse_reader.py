@@ -1,7 +1,8 @@
 """httpx-sse (the client of many LLM and agent SDKs): ``python -m support.readers.httpx_sse_reader URL``.
 
 httpx-sse parses; reconnecting is the caller's part: its README resends ``event.id`` as
-``Last-Event-ID`` after waiting ``event.retry`` milliseconds.
+``Last-Event-ID`` after waiting ``event.retry`` milliseconds (as UTF-8 bytes here: httpx
+refuses a ``str`` header value that is not ASCII).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def main(url: str) -> None:
     last_id, retry_ms = "", 1000
     with httpx.Client(timeout=httpx.Timeout(10.0, read=None)) as client:
         while True:
-            headers = {"Last-Event-ID": last_id} if last_id else {}
+            # httpx refuses a str header value that is not ASCII: send the id's UTF-8 bytes.
+            headers = {"Last-Event-ID": last_id.encode("utf-8")} if last_id else {}
             with connect_sse(client, "GET", url, headers=headers) as source:
                 source.response.raise_for_status()
                 emit(open=True)
