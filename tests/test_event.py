@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flask_sse_ext import SSE
 from flask_sse_ext.event import Event, comment, encode_body, frame, retry_line
+from support.app import create_app
 from support.parser import ParsedEvent, SSEParser, parse
 
 # --------------------------------------------------------------------------------------
@@ -311,6 +313,10 @@ def test_nan_and_infinity_are_refused(value: Any) -> None:
     """Regression: ``publish(float("nan"))`` sent ``data: NaN``, which ``JSON.parse`` rejects."""
     with pytest.raises(ValueError, match="NaN or Infinity"):
         encode_body(value)
+    app = create_app()
+    sse = SSE(app)
+    with app.app_context(), pytest.raises(ValueError, match="NaN or Infinity"):
+        sse.publish(value, channel="news")
 
 
 def test_no_blank_line_outside_an_event() -> None:
