@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from flask_sse_ext.brokers.base import format_position, parse_position
 from flask_sse_ext.event import encode_body
 from support.browser import playwright_loop
+from support.client import RawStream
 from support.matrix import Case, MatrixRun, install_node_clients, run_matrix
 from support.parser import parse
 from support.redis import RedisServer
-from support.server import start_gunicorn
+from support.server import Server, start_gunicorn
+from support.waiting import wait_until
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -122,21 +125,24 @@ def test_the_table_is_what_the_spec_parser_reads() -> None:
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
-def matrix(request: pytest.FixtureRequest, browser_session: Browser) -> Iterator[MatrixRun]:
-    """One server per broker, read by every client at once."""
-    install_node_clients()
+def matrix_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """One server per broker for this module."""
     config: Dict[str, Any] = {"SSE_HEARTBEAT_INTERVAL": 0.2, "SSE_RETRY": SERVER_RETRY}
     if request.param == "redis":
         redis: RedisServer = request.getfixturevalue("redis_server")
         config.update(SSE_REDIS_URL=redis.url, SSE_REDIS_PREFIX=f"matrix{os.getpid()}")
     server = start_gunicorn(app="support.app:served(record_requests=True)", config=config)
-    try:
-        with playwright_loop():
-            run = run_matrix(server, browser_session, "matrix", CASES, SERVER_RETRY)
-    finally:
-        server.stop()
+    yield server
+    server.stop()
     assert "Traceback" not in server.log(), server.log()
-    yield run
+
+
+@pytest.fixture(scope="module")
+def matrix(matrix_server: Server, browser_session: Browser) -> MatrixRun:
+    """Every client at once, on the channel ``matrix``."""
+    install_node_clients()
+    with playwright_loop():
+        return run_matrix(matrix_server, browser_session, "matrix", CASES, SERVER_RETRY)
 
 
 def expected_for(client: str, run: MatrixRun) -> List[Dict[str, Any]]:
@@ -198,3 +204,34 @@ def test_chromium_eventsource(matrix: MatrixRun) -> None:
 
 def test_shipped_js_client(matrix: MatrixRun) -> None:
     check("sse-client.js", matrix)
+
+
+@pytest.mark.parametrize("cursor", ["1-0", "0-1", "between", "99999999999999-0", "never-issued"])
+def test_an_id_no_broker_handed_out_is_missed_on_both_brokers(matrix_server: Server, cursor: str) -> None:
+    """Regression: the brokers disagreed on well-formed ids that no broker handed out
+    (``Last-Event-ID: 1-0`` replayed everything on Redis; a position between two events
+    replayed on the in-process broker). On both, such an id gets ``sse.missed`` and the stream
+    goes on live."""
+    channel = f"unknown-{cursor}"
+    ids = [matrix_server.publish(data="kept", channel=channel)]
+
+    def position(event_id: str) -> Tuple[int, int]:
+        parsed = parse_position(event_id)
+        assert parsed is not None, event_id
+        return parsed
+
+    def next_millisecond() -> bool:  # two events in different milliseconds: a gap between
+        ids.append(matrix_server.publish(data="kept", channel=channel))
+        return position(ids[-1])[0] > position(ids[-2])[0]
+
+    wait_until(next_millisecond)
+    if cursor == "between":
+        ms, seq = position(ids[-2])
+        cursor = format_position((ms, seq + 10**6))
+    stream = RawStream(matrix_server.port, f"/stream?channel={channel}", {"Last-Event-ID": cursor})
+    stream.opening(SERVER_RETRY)
+    [missed] = stream.events(1)
+    assert (missed.type, missed.data) == ("sse.missed", f'{{"channels":["{channel}"]}}')
+    event_id = matrix_server.publish(data="live", channel=channel)
+    [live] = stream.events(1)
+    assert (live.data, live.last_event_id) == ("live", event_id)
