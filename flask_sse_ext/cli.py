@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Dict, Optional, Tuple
 
 import click
@@ -13,7 +14,7 @@ from flask.cli import AppGroup
 from .auth import issue_token
 from .brokers.base import BrokerError
 from .jobs import Job
-from .state import get_state
+from .state import SHARE_INTERVAL, get_state
 
 __all__ = ["cli"]
 
@@ -91,16 +92,33 @@ def presence(channel: str) -> None:
 
 @cli.command("stats")
 def stats() -> None:
-    """Print this process's counters as JSON (with Redis: and the worker processes connected)."""
+    """Print the counters of every server process as JSON: summed, and per process.
+
+    With Redis, each server process shares its counters every few seconds; those shared
+    within the last three intervals count. With the in-process broker the counters live in
+    the server process alone, so there is nothing this command can read.
+    """
     state = get_state()
-    out: Dict[str, object] = dict(state.counters())
+    if not state.broker.shared:
+        click.echo(
+            "The in-process broker keeps its counters in the server process: this command "
+            "runs in a process of its own and cannot see them. Read sse.stats() in the app, "
+            "serve SSE_METRICS_PATH, or set SSE_REDIS_URL so that every server shares them.",
+            err=True,
+        )
+        sys.exit(1)
     try:
-        processes = state.broker.processes()
+        shared = state.broker.shared_stats()
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from None
-    if processes is not None:
-        out["redis_processes"] = processes
-    click.echo(json.dumps(out, indent=2))
+    fresh = time.time() - 3 * SHARE_INTERVAL
+    processes: Dict[str, Dict[str, int]] = {}
+    for name, raw in sorted(shared.items()):
+        snapshot = json.loads(raw)
+        if snapshot.pop("at", 0) >= fresh:
+            processes[name] = snapshot
+    totals = {key: sum(p.get(key, 0) for p in processes.values()) for key in state.counters()}
+    click.echo(json.dumps({**totals, "processes": len(processes), "per_process": processes}, indent=2))
 
 
 @cli.command("job")

@@ -53,7 +53,7 @@ def test_a_script_published_job_read_late_gets_all_so_far_then_live(
 
     stream = RawStream(server.port, "/job/build-7")
     assert stream.status == 200
-    assert stream.chunk() == b"retry: 3000\n\n"
+    assert stream.chunk() == b"retry: 3000\n"
     early = read(stream, 3)
     assert progress(early) == [10, 20, 30]
 

@@ -184,7 +184,7 @@ def test_the_quickstart_runs_from_the_installed_wheel(venv: Path, tmp_path: Path
         stream = RawStream(port, "/stream?channel=news")
         assert stream.status == 200
         assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
-        assert stream.chunk() == b"retry: 3000\n\n"
+        assert stream.chunk() == b"retry: 3000\n"
         status, body = request(port, "POST", "/hello")
         assert status == 200, body
         event_id = body["id"]

@@ -29,6 +29,8 @@ class MemoryBroker(MemoryLogs, Broker):
     Events published in another process (a second gunicorn worker, a CLI command) never reach
     it: use the Redis broker there. Positions continue the wall clock, so a cursor handed out
     before a restart reads as older than this broker's history and is reported as missed.
+    As on Redis, a position is a cursor only if it is an event's or a head this broker
+    reported; any other (``1-0``, ``0-0``, one between two events) is reported as missed.
     """
 
     def __init__(self, history_size: int) -> None:
@@ -121,8 +123,14 @@ class MemoryBroker(MemoryLogs, Broker):
             newer = []
             for message in reversed(messages):
                 if message.position <= position:
+                    if message.position != position:
+                        # Between two events: no event has it, so it was never handed out.
+                        return Replay([], head, True)
                     break
                 newer.append(message)
+            else:
+                if position != floor:
+                    return Replay([], head, True)
             newer.reverse()
             return Replay(newer, head, False)
 

@@ -8,12 +8,13 @@ over HTTP (below), which is what gunicorn serves: ``served()`` is that app, conf
 The views: ``/publish`` (JSON body: ``sse.publish``'s arguments), ``/stats`` (``sse.stats()``
 with the worker's greenlets, file descriptors and pid), ``/token``, the direct streams
 ``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``,
-``/login`` (POST ``?user=``: a Flask-Login session cookie), and
-for the browser client ``/`` (a page that imports ``sse-client.js``), ``/flaky/<name>``,
-``/gone`` and ``/forbidden``; resumable answers ``/answer/<name>`` (any method),
-``/cancel/<stream id>`` (``sse.cancel``) and jobs ``/job/<job id>`` (GET: the stream; POST:
-publish). Every response carries the worker's pid as ``X-Pid``. With ``record_requests=True`` the app records every request but
-the bookkeeping ones (path, method, the headers a client must send), which ``/requests`` and
+``/login`` (POST ``?user=``: a Flask-Login session cookie), ``/resync/<channel>`` (POST: ends the
+channel's streams, so that their clients reconnect), for the browser client ``/`` (a page that
+imports ``sse-client.js``), ``/flaky/<name>``, ``/gone`` and ``/forbidden``; resumable answers
+``/answer/<name>`` (any method), ``/cancel/<stream id>`` (``sse.cancel``) and jobs
+``/job/<job id>`` (GET: the stream; POST: publish). Every response carries the worker's pid as
+``X-Pid``. With ``record_requests=True`` the app records every request but the bookkeeping ones
+(path, query, time, method, the headers a client must send), which ``/requests`` and
 ``/seen-ids`` return, so a test can count reconnections on the server side.
 """
 
@@ -55,6 +56,14 @@ def authorize(identity: Optional[Identity], channel: str) -> bool:
     if channel == "secret":
         return name == "alice"
     return True
+
+
+def _header_text(value: Optional[str]) -> Optional[str]:
+    """A header as the client meant it: clients send UTF-8, WSGI hands it over as Latin-1."""
+    try:
+        return None if value is None else value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def create_app(
@@ -231,6 +240,13 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
             return jsonify(id=job.end())
         return jsonify(id=job.publish(fields["data"], event=fields.get("event")))
 
+    @app.post("/resync/<channel>")
+    def resync(channel: str) -> Any:
+        """End this worker's streams of ``channel``, as when the broker loses track of it: each
+        client reconnects with its ``Last-Event-ID``."""
+        sse.state().serve().resync(channel)
+        return jsonify(ended=channel)
+
     @app.get("/")
     def index() -> Any:
         return Response(PAGE, mimetype="text/html")
@@ -254,7 +270,7 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
 
     if not record_requests:
         return
-    recorded: List[Dict[str, Optional[str]]] = []
+    recorded: List[Dict[str, Any]] = []
 
     @app.before_request
     def record() -> None:
@@ -263,9 +279,11 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
                 {
                     "path": request.path,
                     "method": request.method,
-                    "last_event_id": request.headers.get("Last-Event-ID"),
+                    "last_event_id": _header_text(request.headers.get("Last-Event-ID")),
                     "accept": request.headers.get("Accept"),
                     "cache_control": request.headers.get("Cache-Control"),
+                    "query": request.query_string.decode("latin-1"),
+                    "at": time.time(),
                 }
             )
 

@@ -62,7 +62,7 @@ def test_a_stream_receives_what_a_view_publishes(app: Flask) -> None:
         assert response.status_code == 200
         assert response.mimetype == "text/event-stream"
         chunks = iter(response.response)
-        assert next(chunks) == b"retry: 3000\n\n"  # sent at once: the stream is open
+        assert next(chunks) == b"retry: 3000\n"  # sent at once: the stream is open
         client.post("/orders/7/ship")
         (event,) = parse(next(chunks))
         assert event["event"] == "order"
