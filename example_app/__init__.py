@@ -12,9 +12,11 @@ workers share events), ``SSE_RETRY`` (reconnection delay in ms) and ``METRICS_IN
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-from flask import Flask
+from flask import Flask, Response, jsonify
+
+from flask_sse_ext import BrokerError
 
 from . import demo
 from .extensions import login_manager, sse
@@ -41,6 +43,7 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
     sse.init_app(app)
     login_manager.init_app(app)
     app.register_blueprint(bp)
+    app.register_error_handler(BrokerError, broker_unavailable)
 
     # The metrics publisher starts with the first request of each process, not at import: a
     # `flask` CLI command or a test that imports the app starts nothing, and each gunicorn
@@ -50,6 +53,13 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
         demo.start_metrics(app)
 
     return app
+
+
+def broker_unavailable(exc: BrokerError) -> Tuple[Response, int, Dict[str, str]]:
+    """A publish while Redis is down: a 503 with the reason in JSON, which the pages show, and
+    a hint to try again shortly (not an HTML 500 with a traceback)."""
+    body = jsonify(error="the event broker is unavailable, try again shortly", reason=str(exc))
+    return body, 503, {"Retry-After": "5"}
 
 
 app = create_app()

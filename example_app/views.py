@@ -96,11 +96,12 @@ def chat_page() -> str:
 
 @bp.post("/chat")
 def chat() -> Any:
-    """Answer ``{prompt}`` with a stream of ``token`` events, then ``sse.end``."""
+    """Answer ``{prompt}`` with a stream of ``token`` events, then ``sse.end``. The answer is
+    resumable: it goes on when the page reloads, and a reconnection does not run it again."""
     prompt = str(_payload().get("prompt", "")).strip()
     if not 0 < len(prompt) <= 500:
         return jsonify(error="write a prompt of 1 to 500 characters"), 400
-    return sse.response(demo.chat_reply(prompt))
+    return sse.response(demo.chat_reply(prompt), resumable=True)
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -5,8 +5,13 @@ from .brokers.base import BrokerError
 from .direct import END_EVENT, ERROR_EVENT
 from .event import Event
 from .extension import SSE
+from .jobs import Job, JobEnded
 from .publisher import Publisher
-from .stream import MISSED_EVENT
+from .resumable import STREAM_EVENT
+from .stream import MISSED_EVENT, REAUTH_EVENT
+
+#: The package version, read by setup.cfg (``version = attr: flask_sse_ext.__version__``).
+__version__ = "0.1.0"
 
 __all__ = [
     "SSE",
@@ -16,7 +21,11 @@ __all__ = [
     "AuthError",
     "BrokerError",
     "MISSED_EVENT",
+    "REAUTH_EVENT",
     "END_EVENT",
     "ERROR_EVENT",
     "private_channel",
+    "Job",
+    "JobEnded",
+    "STREAM_EVENT",
 ]

@@ -80,14 +80,37 @@ def issue_token(
     expires_in: Union[int, float, timedelta] = 3600,
 ) -> str:
     """A signed token for ``identity``, valid for ``expires_in`` seconds, optionally limited to
-    ``channels``. Raises ``ValueError`` for a bad channel name or a non-positive lifetime."""
+    ``channels`` (a collection of names). Raises ``ValueError`` for an empty identity, a bad
+    channel name, a single ``str`` as ``channels``, another identity's private channel, or a
+    non-positive lifetime."""
     seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
         raise ValueError(f"expires_in must be a positive number of seconds, got {expires_in!r}")
-    payload: Dict[str, Any] = {"sub": str(identity), "exp": round(time.time() + seconds, 3)}
+    subject = str(identity)
+    if not subject.strip():
+        raise ValueError("identity must not be empty: a token names who it is for")
+    payload: Dict[str, Any] = {"sub": subject, "exp": round(time.time() + seconds, 3)}
     if channels is not None:
-        payload["ch"] = sorted(validate_channel(c) for c in channels)
+        payload["ch"] = sorted(_token_channel(subject, c) for c in _names(channels))
     return str(_serializer(app).dumps(payload))
+
+
+def _names(channels: Collection[str]) -> Collection[str]:
+    # A str is a collection of one-letter names: "news" would make a token for n, e, w and s.
+    if isinstance(channels, (str, bytes)):
+        raise ValueError(f"channels must be a collection of channel names, e.g. [{channels!r}], not a str")
+    return channels
+
+
+def _token_channel(identity: str, channel: str) -> str:
+    validate_channel(channel)
+    if channel.startswith(PRIVATE_PREFIX) and channel != PRIVATE_PREFIX + identity:
+        # The stream would refuse it (private_channel_allowed): the token could never be used.
+        raise ValueError(
+            f"channel {channel!r} is another identity's private channel; a token for "
+            f"{identity!r} may carry only its own, {PRIVATE_PREFIX + identity!r}"
+        )
+    return channel
 
 
 def verify_token(app: Flask, token: str) -> Identity:

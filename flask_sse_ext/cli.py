@@ -1,9 +1,10 @@
-"""``flask sse ...`` commands: publish an event, issue a token, show counters."""
+"""``flask sse ...`` commands: publish an event or a job's progress, issue a token, show counters."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Dict, Optional, Tuple
 
 import click
@@ -12,7 +13,8 @@ from flask.cli import AppGroup
 
 from .auth import issue_token
 from .brokers.base import BrokerError
-from .state import get_state
+from .jobs import Job
+from .state import SHARE_INTERVAL, get_state
 
 __all__ = ["cli"]
 
@@ -90,13 +92,63 @@ def presence(channel: str) -> None:
 
 @cli.command("stats")
 def stats() -> None:
-    """Print this process's counters as JSON (with Redis: and the worker processes connected)."""
+    """Print the counters of every server process as JSON: summed, and per process.
+
+    With Redis, each server process shares its counters every few seconds; those shared
+    within the last three intervals count. With the in-process broker the counters live in
+    the server process alone, so there is nothing this command can read.
+    """
     state = get_state()
-    out: Dict[str, object] = dict(state.counters())
+    if not state.broker.shared:
+        click.echo(
+            "The in-process broker keeps its counters in the server process: this command "
+            "runs in a process of its own and cannot see them. Read sse.stats() in the app, "
+            "serve SSE_METRICS_PATH, or set SSE_REDIS_URL so that every server shares them.",
+            err=True,
+        )
+        sys.exit(1)
     try:
-        processes = state.broker.processes()
+        shared = state.broker.shared_stats()
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from None
-    if processes is not None:
-        out["redis_processes"] = processes
-    click.echo(json.dumps(out, indent=2))
+    fresh = time.time() - 3 * SHARE_INTERVAL
+    processes: Dict[str, Dict[str, int]] = {}
+    for name, raw in sorted(shared.items()):
+        snapshot = json.loads(raw)
+        if snapshot.pop("at", 0) >= fresh:
+            processes[name] = snapshot
+    totals = {key: sum(p.get(key, 0) for p in processes.values()) for key in state.counters()}
+    click.echo(json.dumps({**totals, "processes": len(processes), "per_process": processes}, indent=2))
+
+
+@cli.command("job")
+@click.argument("job_id")
+@click.argument("data", required=False, default="")
+@click.option("--event", help="Event name (e.g. progress).")
+@click.option("--json", "as_json", is_flag=True, help="DATA is JSON: send it as a value.")
+@click.option("--end", "end", is_flag=True, help="End the job's stream (sse.end, with DATA).")
+@click.option("--fail", "fail", is_flag=True, help="End the job's stream with sse.error (DATA: the error).")
+def job(job_id: str, data: str, event: Optional[str], as_json: bool, end: bool, fail: bool) -> None:
+    """Publish DATA to the progress stream of JOB_ID (made if new) and print the event id."""
+    value: object = data
+    if as_json:
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
+    if end and fail:
+        raise click.UsageError("Give --end or --fail, not both")
+    state = get_state()
+    settings = state.settings
+    try:
+        stream = Job(
+            state.broker, job_id, ttl=settings.resumable_ttl, max_event_bytes=settings.max_event_bytes
+        )
+        click.echo(stream.end(value) if end else stream.fail(data) if fail else stream.publish(value, event))
+    except (ValueError, RuntimeError) as exc:  # a bad id or field; a job that has ended
+        raise click.UsageError(str(exc)) from None
+    except BrokerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if not state.broker.shared:
+        click.echo("warning: SSE_REDIS_URL is not set, so no stream of the app can read this job.", err=True)

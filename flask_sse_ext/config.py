@@ -40,6 +40,11 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_MAX_CONNECTIONS_PER_CLIENT": None,
     "SSE_MAX_CONNECTIONS_PER_USER": None,
     "SSE_METRICS_PATH": None,
+    "SSE_RESUMABLE_TTL": 3600,
+    "SSE_RESUMABLE_IDLE": 30.0,
+    "SSE_RESUMABLE_LIFETIME": 600.0,
+    "SSE_TICKET_TTL": 30.0,
+    "SSE_TICKET_ENDPOINT": False,
     "SSE_SEND_TIMEOUT": 10.0,
     "SSE_CLIENT_QUEUE_BYTES": 1024 * 1024,
     "SSE_SEND_BUFFER_BYTES": 64 * 1024,
@@ -79,6 +84,11 @@ class Settings:
     max_connections_per_client: Optional[int]
     max_connections_per_user: Optional[int]
     metrics_path: Optional[str]
+    resumable_ttl: int
+    resumable_idle: float
+    resumable_lifetime: float
+    ticket_ttl: float
+    ticket_endpoint: bool
     send_timeout: float
     client_queue_bytes: int
     send_buffer_bytes: Optional[int]
@@ -199,6 +209,11 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_MAX_CONNECTIONS_PER_CLIENT", "max_connections_per_client", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", _optional(lambda k, v: _int(k, v, 1))),
     ("SSE_METRICS_PATH", "metrics_path", _optional(_url_prefix)),
+    ("SSE_RESUMABLE_TTL", "resumable_ttl", lambda k, v: _int(k, v, 1)),
+    ("SSE_RESUMABLE_IDLE", "resumable_idle", _seconds),
+    ("SSE_RESUMABLE_LIFETIME", "resumable_lifetime", _seconds),
+    ("SSE_TICKET_TTL", "ticket_ttl", _seconds),
+    ("SSE_TICKET_ENDPOINT", "ticket_endpoint", _bool),
     ("SSE_SEND_TIMEOUT", "send_timeout", _seconds),
     ("SSE_CLIENT_QUEUE_BYTES", "client_queue_bytes", lambda k, v: _int(k, v, 1)),
     ("SSE_SEND_BUFFER_BYTES", "send_buffer_bytes", _optional(lambda k, v: _int(k, v, 4096))),

@@ -3,7 +3,9 @@
 A compound cursor is ``~`` followed by one token per channel, in the sorted order of the
 stream's channel names, joined by ``.``; a token is the position's milliseconds in base 36,
 with ``-`` and the sequence in base 36 when it is not zero. It uses only letters, digits and
-``~.-``, so a browser may send it cross-origin, and it stays short.
+``~.-_``, so a browser may send it cross-origin, and it stays short. A token ``_`` (a channel
+the client adds to a stream it resumes, as a shared tab's leader does) starts that channel from
+now.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ def encode_compound(positions: Sequence[Position]) -> str:
     return "~" + ".".join(_b36(ms) + ("-" + _b36(seq) if seq else "") for ms, seq in positions)
 
 
-def decode_compound(text: str, count: int) -> Optional[List[Position]]:
-    """The positions in ``text``, or ``None`` if it is not a compound cursor of ``count`` channels."""
+def decode_compound(text: str, count: int) -> Optional[List[Optional[Position]]]:
+    """The positions in ``text`` (``None`` for a channel that starts from now), or ``None`` if it
+    is not a compound cursor of ``count`` channels."""
     if not text.startswith("~") or len(text) > 28 * count:
         return None
-    positions = []
+    positions: List[Optional[Position]] = []
     for token in text[1:].split("."):
+        if token == "_":
+            positions.append(None)
+            continue
         match = _TOKEN.fullmatch(token)
         if match is None:
             return None

@@ -20,7 +20,8 @@ from .cors import cors_headers, origin_allowed, preflight_headers
 from .serving import HTTP2_REFUSAL, check_server, http2, warn_memory_broker
 from .signals import stream_closed, stream_opened
 from .state import AppState, get_state
-from .stream import HEADERS, open_stream, unavailable
+from .stream import HEADERS, open_stream, reauth, unavailable
+from .tickets import TicketRefused, redeem_ticket
 
 __all__ = ["stream_view"]
 
@@ -54,14 +55,40 @@ def _unauthorized(message: str, error: Optional[str] = None) -> _Refused:
     return _Refused(401, message, {"WWW-Authenticate": challenge})
 
 
-def _identity(state: AppState) -> Optional[Identity]:
+def _identity(state: AppState, channels: Tuple[str, ...] = ()) -> Optional[Identity]:
     try:
         identity = identify(current_app, request, state.hooks.token_loader)
     except AuthError as exc:
         raise _unauthorized(f"Invalid credentials: {exc}", "invalid_token") from None
+    ticket = request.args.get("ticket")
+    if ticket is not None:
+        try:
+            identity = redeem_ticket(current_app, ticket, channels, identity, state.broker.claim_once)
+        except TicketRefused as exc:
+            if exc.status == 401:
+                raise _unauthorized(f"Invalid ticket: {exc}", "invalid_token") from None
+            raise _Refused(exc.status, f"Ticket refused: {exc}") from None
+    elif identity is not None and _from_cookie() and not _cookie_origin_ok():
+        raise _Refused(403, "A stream authenticated by cookie needs an allowed Origin (SSE_CORS_ORIGINS)")
     if identity is None and state.settings.require_auth:
         raise _unauthorized("Authentication required: send a Bearer token, ?token=, or log in")
     return identity
+
+
+def _from_cookie() -> bool:
+    """True when the identity came from the session cookie (no token in the request)."""
+    header = request.headers.get("Authorization", "")
+    return "token" not in request.args and not header.lower().startswith("bearer ")
+
+
+def _cookie_origin_ok() -> bool:
+    """A browser sends ``Origin`` with every cross-origin ``EventSource`` and ``fetch`` (the
+    allowlist has judged it by now). Without one, a cookie-bearing request that the browser
+    marks as coming from another site is a tag (``<img>``, ``<script>``) on a page we did not
+    allow: it must not hold a stream, nor a connection slot, in the user's name."""
+    if request.headers.get("Origin") is not None:
+        return True
+    return request.headers.get("Sec-Fetch-Site") not in ("cross-site", "same-site")
 
 
 def allowed(state: AppState, identity: Optional[Identity], channel: str) -> bool:
@@ -112,7 +139,7 @@ def stream_view() -> Response:
         return _refusal(_Refused(505, HTTP2_REFUSAL), cors)
     try:
         channels = _channels(state)
-        identity = _identity(state)
+        identity = _identity(state, channels)
         _authorize(state, identity, channels)
         handle = _acquire(state, identity)
     except _Refused as exc:
@@ -193,8 +220,11 @@ def _open(
     if not state.broker.shared:
         warn_memory_broker(environ)
     max_age = settings.max_connection_age
+    farewell = None
     if identity is not None and identity.expires_at is not None:
         left = identity.expires_at - time.time()
+        if max_age is None or left <= max_age:
+            farewell = reauth()  # the credential ends the stream: the client must renew it
         max_age = left if max_age is None else min(max_age, left)
     grant = _Grant(state, identity, channels, handle)
     # From here on the stream's body owns the connection slot: it releases it when it ends.
@@ -211,6 +241,7 @@ def _open(
         environ=environ,
         allowed=grant.allowed,
         on_close=grant.closed,
+        farewell=farewell,
     )
     stream_opened.send(grant.app, channels=channels, identity=identity)
     return response

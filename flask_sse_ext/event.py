@@ -43,8 +43,16 @@ def _data_text(data: Any) -> str:
     if isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError("SSE data must be a str or a JSON-serializable value, not bytes")
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+        # allow_nan=False: NaN and Infinity are not JSON, and JSON.parse rejects them.
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise ValueError(
+                "SSE data contains NaN or Infinity, which JSON cannot represent (JSON.parse "
+                "rejects it): send null, a number or a string instead"
+            ) from None
+        raise ValueError(f"SSE data is neither a str nor JSON-serializable: {exc}") from None
+    except TypeError as exc:
         raise ValueError(f"SSE data is neither a str nor JSON-serializable: {exc}") from None
 
 
@@ -76,15 +84,21 @@ def frame(body: bytes, event_id: str) -> bytes:
     return body + b"id: " + event_id.encode("utf-8") + b"\n\n"
 
 
+# Outside an event the server writes no blank line: the spec dispatches nothing on a blank line
+# with no data, but httpx-sse and @microsoft/fetch-event-source yield an empty event for it
+# (httpx-sse once the stream has had an id). A lone comment or ``retry:`` line needs none.
+
+
 def comment(text: str = "") -> bytes:
-    """A comment line (ignored by browsers; used for heartbeats and padding)."""
+    """A comment line (ignored by every client; used for heartbeats), with no blank line."""
     validate_field("comment", text)
-    return b":" + text.encode("utf-8") + b"\n\n"
+    return b":" + text.encode("utf-8") + b"\n"
 
 
 def retry_line(milliseconds: int) -> bytes:
-    """A lone ``retry:`` field, sent when a stream opens."""
-    return b"retry: %d\n\n" % milliseconds
+    """A lone ``retry:`` field, sent when a stream opens: a client applies it as it reads the
+    line, so it needs no blank line (which some clients would turn into an empty event)."""
+    return b"retry: %d\n" % milliseconds
 
 
 class Event:

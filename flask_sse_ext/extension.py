@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from datetime import timedelta
 from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Union
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from .auth import Authorize, TokenLoader, issue_token
+from .auth import AuthError, Authorize, TokenLoader, identify, issue_token
 from .cli import cli
 from .config import load_settings
 from .direct import direct_response
 from .endpoint import stream_view
+from .jobs import Job
+from .resumable import answer_response, job_response, resume_view
 from .state import AppState, Hooks, get_state
 from .stream import HEADERS
+from .tickets import issue_ticket as issue_ticket_for
 
 __all__ = ["SSE"]
 
@@ -69,16 +73,57 @@ class SSE:
         self.state()
         return issue_token(current_app, identity, channels, expires_in)
 
+    def issue_ticket(
+        self,
+        identity: Optional[str] = None,
+        channels: Collection[str] = ("sse",),
+        expires_in: Optional[float] = None,
+    ) -> str:
+        """A stream ticket: good for opening one stream on (some of) ``channels`` as
+        ``identity``, once, within ``expires_in`` seconds (default ``SSE_TICKET_TTL``); the
+        page opens ``<stream URL>?channel=...&ticket=<ticket>``. ``identity`` defaults to the
+        current request's (Bearer token or Flask-Login session), and a stream opened with the
+        ticket ends when that request's token expires. Raises ``AuthError`` when there is no
+        identity, ``ValueError`` for bad ``channels`` (a ``str``, a bad name, another
+        identity's private channel). Needs an app (and, without ``identity``, a request)
+        context."""
+        state = self.state()
+        stream_expires_at = None
+        if identity is None:
+            current = identify(current_app, request, state.hooks.token_loader)
+            if current is None:
+                raise AuthError("no identity: pass one, or call this in a request with credentials")
+            identity, stream_expires_at = current.id, current.expires_at
+        ttl = state.settings.ticket_ttl if expires_in is None else expires_in
+        return issue_ticket_for(current_app, identity, channels, ttl, stream_expires_at)
+
     def init_app(self, app: Flask) -> None:
         """Read and validate the config, and register the ``sse`` blueprint.
 
-        Raises ``RuntimeError`` if the app already has an ``SSE`` extension, and
-        ``ValueError`` for a bad ``SSE_*`` value.
+        Raises ``RuntimeError`` if the app already has an ``SSE`` extension or the config needs
+        an optional extra that is not installed (the message has the ``pip install`` line), and
+        ``ValueError`` for a bad ``SSE_*`` value. Warns (``UserWarning``) when flask-sse's
+        ``REDIS_URL`` is set but ``SSE_REDIS_URL`` is not.
         """
         if "sse" in app.extensions:
             raise RuntimeError(
                 "This app is already registered with an 'SSE' instance. Call 'init_app' once "
                 "per app, and use that instance (it is app.extensions['sse'].extension)."
+            )
+        if (
+            app.config.get("REDIS_URL")
+            and "SSE_REDIS_URL" not in app.config
+            and "redis_url" not in self._options
+        ):
+            # flask-sse read REDIS_URL; silently ignoring it would leave a migrated app on the
+            # in-process broker, where other processes' events never arrive.
+            warnings.warn(
+                "REDIS_URL is set but SSE_REDIS_URL is not, so flask-sse-ext uses its in-process "
+                "broker: events published by other processes (workers, Celery, the CLI) will not "
+                "reach these streams. Set app.config['SSE_REDIS_URL'] = app.config['REDIS_URL'] "
+                "to use that Redis, or SSE_REDIS_URL = None to keep the in-process broker.",
+                UserWarning,
+                stacklevel=2,
             )
         settings = load_settings(app.config, self._options)
         if settings.redis_url is not None:
@@ -91,6 +136,11 @@ class SSE:
             from .metrics import metrics_view
 
             app.add_url_rule(settings.metrics_path, "sse_metrics", metrics_view)
+        if settings.ticket_endpoint:
+            from .ticket_view import ticket_view
+
+            rule = settings.url_prefix.rstrip("/") + "/ticket"
+            app.add_url_rule(rule, "sse_ticket", ticket_view, methods=["POST", "OPTIONS"])
 
     def state(self, app: Optional[Flask] = None) -> AppState:
         """This extension's state for ``app`` (default: the current app).
@@ -132,6 +182,7 @@ class SSE:
         retry: Optional[int] = None,
         headers: Optional[Mapping[str, str]] = None,
         expose_errors: bool = False,
+        resumable: bool = False,
     ) -> Response:
         """A streaming response of this request's own events, from any view and any method.
 
@@ -141,7 +192,22 @@ class SSE:
         ``event: sse.end`` when it is done. If it raises, the client gets ``event: sse.error``
         with ``{"error": "internal error"}`` (the exception text with ``expose_errors``). When
         the client leaves, the generator is stopped and its ``finally`` runs.
+
+        With ``resumable=True`` the generator runs apart from the request and its events go to
+        a log in the broker: the stream survives its connection. It opens with ``sse.stream``
+        (``{"id", "url"}``), and any reconnect, to any worker, with the ``Last-Event-ID`` (to
+        this view or to the ``url``) gets the rest without running the generator again. The
+        stream is bound to the requester's identity (or Flask session). See docs/resumable.md.
         """
+        if resumable:
+            return answer_response(
+                self.state(),
+                iterable,
+                heartbeat=heartbeat,
+                retry=retry,
+                headers=headers,
+                expose_errors=expose_errors,
+            )
         settings = self.state().settings
         return direct_response(
             iterable,
@@ -153,6 +219,30 @@ class SSE:
             environ=request.environ,
             base_headers=HEADERS,
         )
+
+    def cancel(self, stream_id: str) -> bool:
+        """Stop the resumable answer ``stream_id`` (its generator stops within a second, on
+        whichever worker runs it; readers get ``sse.end`` with ``{"reason": "cancelled"}``).
+        ``False`` when no such stream exists. Raises ``BrokerError``. Needs an app context."""
+        state = self.state()
+        if not stream_id.startswith("r.") or state.broker.log_meta(stream_id) is None:
+            return False
+        state.broker.log_signal(stream_id, "cancel", state.settings.resumable_ttl)
+        return True
+
+    def job(self, job_id: str) -> Job:
+        """The progress log of ``job_id`` (created if new), to ``publish`` to and ``end``; as
+        ``Publisher.job`` does without Flask. Raises ``ValueError`` for a bad id and
+        ``BrokerError``. Needs an app context."""
+        state = self.state()
+        settings = state.settings
+        return Job(state.broker, job_id, ttl=settings.resumable_ttl, max_event_bytes=settings.max_event_bytes)
+
+    def job_response(self, job_id: str) -> Response:
+        """A stream of ``job_id``'s progress: every event so far (or after the request's
+        ``Last-Event-ID``), then live, until the job ends. 404 for a job never created (or
+        expired). Decide in the view who may read it. Raises ``ValueError`` for a bad id."""
+        return job_response(self.state(), job_id)
 
     def presence(self, channel: str) -> int:
         """How many streams are open on ``channel`` over every worker and host that share the
@@ -182,4 +272,5 @@ def _blueprint() -> Blueprint:
     blueprint = Blueprint("sse", __name__, static_folder="static", cli_group=None)
     blueprint.cli.add_command(cli)
     blueprint.add_url_rule("", "stream", stream_view, methods=["GET", "OPTIONS"])
+    blueprint.add_url_rule("/resume/<stream_id>", "resume", resume_view, methods=["GET", "DELETE"])
     return blueprint

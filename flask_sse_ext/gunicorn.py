@@ -25,16 +25,16 @@ from .state import serve_all
 
 __all__ = ["RedactingLogger", "post_worker_init", "serves_http2"]
 
-_TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s\"]*", re.IGNORECASE)
+_TOKEN = re.compile(r"((?:^|[?&])(?:token|ticket)=)[^&\s\"]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with the value of every ``token=`` query parameter replaced."""
+    """``text`` with the value of every ``token=`` and ``ticket=`` query parameter replaced."""
     return _TOKEN.sub(r"\1[redacted]", text)
 
 
 class RedactingLogger(Logger):  # type: ignore[misc]
-    """gunicorn's logger, with ``token=`` values removed from access log lines."""
+    """gunicorn's logger, with ``token=`` and ``ticket=`` values removed from access log lines."""
 
     def atoms(self, resp: Any, req: Any, environ: Dict[str, Any], request_time: Any) -> Dict[str, Any]:
         atoms: Dict[str, Any] = super().atoms(resp, req, environ, request_time)

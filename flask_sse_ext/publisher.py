@@ -8,6 +8,7 @@ from .brokers import open_broker
 from .brokers.base import Broker, parse_position
 from .config import DEFAULTS, validate_channel
 from .event import encode_body, validate_field
+from .jobs import Job
 
 __all__ = ["Publisher", "prepare_event", "MAX_ID_LENGTH"]
 
@@ -72,8 +73,10 @@ class Publisher:
         max_event_bytes: int = DEFAULTS["SSE_MAX_EVENT_BYTES"],
         min_replicas: int = DEFAULTS["SSE_REDIS_MIN_REPLICAS"],
         replica_timeout: float = DEFAULTS["SSE_REDIS_REPLICA_TIMEOUT"],
+        job_ttl: int = DEFAULTS["SSE_RESUMABLE_TTL"],
     ) -> None:
         self.max_event_bytes = max_event_bytes
+        self.job_ttl = job_ttl
         self.broker: Broker = open_broker(
             redis_url,
             cluster=cluster,
@@ -101,6 +104,13 @@ class Publisher:
         """
         body = prepare_event(data, event, id, retry, channel, type, self.max_event_bytes)
         return self.broker.publish(channel, body, id).id
+
+    def job(self, job_id: str) -> Job:
+        """The progress log of ``job_id`` (created if new, kept ``job_ttl`` seconds after its
+        last write, as ``SSE_RESUMABLE_TTL``): ``publish`` to it, then ``end`` or ``fail``;
+        a page reads it with ``sse.job_response(job_id)``. Raises ``ValueError`` for a bad id
+        and ``BrokerError`` when Redis does not answer."""
+        return Job(self.broker, job_id, ttl=self.job_ttl, max_event_bytes=self.max_event_bytes)
 
     def close(self) -> None:
         """Release the connections."""

@@ -16,6 +16,9 @@ __all__ = ["stream_opened", "stream_closed", "event_published"]
 
 _signals = Namespace()
 
+#: A stream passed its checks: ``channels`` (a tuple), ``identity`` (``Identity`` or ``None``).
 stream_opened = _signals.signal("sse-stream-opened")
+#: A stream ended: ``channels``, ``identity`` and ``reason`` (see the module docstring).
 stream_closed = _signals.signal("sse-stream-closed")
+#: ``sse.publish`` stored an event: ``channel`` and ``id``.
 event_published = _signals.signal("sse-event-published")

@@ -33,7 +33,7 @@ __all__ = ["AppState", "Hooks", "ProcessState", "get_state", "serve_all", "SHARE
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between two shares of a process's counters (with ``SSE_METRICS_PATH`` on Redis).
+#: Seconds between two shares of a process's counters (on Redis, or with ``SSE_METRICS_PATH``).
 SHARE_INTERVAL = 5.0
 
 #: Every app state of this process, for ``serve_all``.
@@ -71,7 +71,7 @@ class ProcessState:
 
     def serve(self) -> Hub:
         """The hub, started on first use: the broker's listener, and counters shared every
-        ``SHARE_INTERVAL`` seconds when metrics are on."""
+        ``SHARE_INTERVAL`` seconds with a shared broker or when metrics are on."""
         hub = self.hub
         if hub is None:
             with self._lock:
@@ -81,7 +81,8 @@ class ProcessState:
                     hub = self.hub = Hub(
                         self.broker, self.stats, settings.heartbeat_interval, settings.send_timeout
                     )
-                    if self.settings.metrics_path is not None:
+                    # With Redis, always: `flask sse stats` reads every server's counters.
+                    if self.settings.metrics_path is not None or self.broker.shared:
                         _start_sharing(self)
         return hub
 

@@ -28,10 +28,13 @@ from .event import comment, encode_body, frame, retry_line
 from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Hub
 from .serving import limit_send_buffer, raw_socket, shutdown, tls_layer, unwatch, watch_disconnect
 
-__all__ = ["MISSED_EVENT", "HEADERS", "open_stream", "unavailable"]
+__all__ = ["MISSED_EVENT", "REAUTH_EVENT", "HEADERS", "open_stream", "unavailable", "reauth"]
 
 #: Sent when history after the client's ``Last-Event-ID`` is no longer known.
 MISSED_EVENT = "sse.missed"
+
+#: Sent, without an id, as the last event of a stream whose credential expired.
+REAUTH_EVENT = "sse.reauth"
 
 HEADERS = {
     "Cache-Control": "no-cache",
@@ -71,6 +74,7 @@ class _Stream:
         "tls",
         "watcher",
         "released",
+        "farewell",
     )
 
     def __init__(
@@ -88,6 +92,7 @@ class _Stream:
         environ: Dict[str, Any],
         allowed: Callable[[str], bool],
         on_close: Optional[Callable[[Optional[str]], None]],
+        farewell: Optional[bytes] = None,
     ) -> None:
         self.hub = hub
         self.broker = broker
@@ -108,6 +113,8 @@ class _Stream:
         self.finished = False
         self.watcher: Any = None
         self.released = False
+        #: The last event, sent when the stream ends at its deadline (``reauth``).
+        self.farewell = farewell
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -119,6 +126,9 @@ class _Stream:
         client = self.client
         while True:
             if self.finished or client.closed in _ENDS_AT_ONCE:
+                if client.closed == EXPIRED and self.farewell is not None:
+                    chunk, self.farewell = self.farewell, None
+                    return chunk
                 raise StopIteration
             if client.closed == SHUTDOWN and not client.queue:
                 if self.sock is not None:
@@ -181,6 +191,10 @@ class _Stream:
         for channel, replay in zip(channels, replays):
             positions[channel] = replay.head
             self.hub.stats.replayed += len(replay.messages)
+        if multi:
+            # An id alone, no event: the client's Last-Event-ID is now this stream's cursor,
+            # so a stream cut before its first event resumes every channel from here.
+            chunks.append(b"id: " + _current_id(positions).encode() + b"\n\n")
         if self.sock is not None:
             self.watcher = watch_disconnect(self.sock, client.close, GONE, tls=self.tls)
         if self.max_age is not None:
@@ -231,6 +245,12 @@ def unavailable(retry: int) -> bytes:
     return retry_line(retry) + comment("broker unavailable, retry later")
 
 
+def reauth() -> bytes:
+    """The event that ends a stream whose credential expired. It carries no id, so the
+    client's ``Last-Event-ID`` still resumes after the last event it got."""
+    return encode_body({"reason": "credential expired"}, REAUTH_EVENT) + b"\n"
+
+
 def _missed_event(channels: Sequence[str], cursor_id: str) -> bytes:
     body = encode_body({"channels": list(channels)}, MISSED_EVENT)
     return frame(body, cursor_id)
@@ -262,6 +282,7 @@ def open_stream(
     send_buffer: Optional[int] = None,
     allowed: Callable[[str], bool] = lambda channel: True,
     on_close: Optional[Callable[[Optional[str]], None]] = None,
+    farewell: Optional[bytes] = None,
 ) -> Response:
     """The streaming response for ``channels`` (sorted, unique), resuming after ``cursor``.
 
@@ -269,7 +290,8 @@ def open_stream(
     ``queue_size`` events, or ``queue_bytes`` bytes, is cut; ``send_buffer`` caps the kernel's
     send buffer of the connection. ``allowed`` is asked again
     before a channel's history is replayed; ``on_close`` runs once when the stream ends (or is
-    dropped unsent), with the reason it was cut, or ``None``.
+    dropped unsent), with the reason it was cut, or ``None``. ``farewell`` is sent last when
+    the stream ends at ``max_age``.
     """
     body = _Stream(
         hub,
@@ -284,6 +306,7 @@ def open_stream(
         environ=environ,
         allowed=allowed,
         on_close=on_close,
+        farewell=farewell,
     )
     # direct_passthrough: werkzeug hands the body to the server as it is, unwrapped.
     return Response(body, mimetype="text/event-stream", headers=HEADERS, direct_passthrough=True)

@@ -52,7 +52,7 @@ def test_token_accepted_from_bearer_and_query(how: str) -> None:
     else:
         response = get(app, f"/stream?channel=news&token={token}")
     assert response.status_code == 200
-    assert first_chunk(response) == b"retry: 3000\n\n"
+    assert first_chunk(response) == b"retry: 3000\n"
 
 
 def test_bearer_wins_over_query_token() -> None:
@@ -138,6 +138,43 @@ def test_issue_token_validates() -> None:
             sse.issue_token("alice", expires_in=0)
         with pytest.raises(ValueError, match="Invalid SSE channel name"):
             sse.issue_token("alice", channels=["bad name"])
+
+
+def test_token_channels_must_be_a_collection_not_a_str() -> None:
+    """Regression: ``issue_token("alice", channels="news")`` made a token for the channels
+    n, e, w and s."""
+    app = create_app()
+    sse = SSE(app)
+    with app.app_context():
+        with pytest.raises(ValueError, match="collection of channel names.*not a str"):
+            sse.issue_token("alice", channels="news")
+        token = sse.issue_token("alice", channels=("news",))
+    assert get(app, f"/stream?channel=news&token={token}").status_code == 200
+
+
+@pytest.mark.parametrize("identity", ["", "   "])
+def test_token_for_an_empty_identity_is_refused(identity: str) -> None:
+    """Regression: ``issue_token("")`` (and ``flask sse token ''``) signed a token for nobody."""
+    app = create_app()
+    sse = SSE(app)
+    with app.app_context(), pytest.raises(ValueError, match="identity must not be empty"):
+        sse.issue_token(identity)
+    result = app.test_cli_runner().invoke(args=["sse", "token", identity])
+    assert result.exit_code == 2 and "identity must not be empty" in result.output
+
+
+def test_token_with_another_identitys_private_channel_is_refused_at_issue() -> None:
+    """Regression: a token for ``private:bob`` issued to alice was accepted, and every stream
+    opened with it answered 403."""
+    app = create_app()
+    sse = SSE(app)
+    with app.app_context():
+        with pytest.raises(ValueError, match="'private:bob' is another identity's private channel"):
+            sse.issue_token("alice", channels=["news", private_channel("bob")])
+        own = sse.issue_token("alice", channels=["news", private_channel("alice")])
+    assert get(app, f"/stream?channel=private:alice&token={own}").status_code == 200
+    result = app.test_cli_runner().invoke(args=["sse", "token", "alice", "--channel", "private:bob"])
+    assert result.exit_code == 2 and "another identity's private channel" in result.output
 
 
 def test_app_token_loader_replaces_signed_tokens() -> None:
@@ -250,7 +287,7 @@ def test_authorization_withdrawn_between_check_and_replay_sends_no_history() -> 
         first = sse.publish("one", channel="c")
         sse.publish("private detail", channel="c")
     response = get(app, "/stream?channel=c", **{"Last-Event-ID": first})
-    assert first_chunk(response) == b"retry: 3000\n\n"
+    assert first_chunk(response) == b"retry: 3000\n"
 
 
 # -- CORS ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Iterator, List, Protocol
 
 import pytest
@@ -95,6 +96,43 @@ def test_memory_broker_cursor_from_before_it_started_is_missed() -> None:
     broker = MemoryBroker(5)
     messages = publish(broker, 2)
     assert broker.replay("c", "1-0") == ([], messages[-1].position, True)
+
+
+def test_well_formed_unknown_positions_are_missed_on_every_broker(make_broker: MakeBroker) -> None:
+    """Regression: ``Last-Event-ID: 1-0`` replayed everything on Redis but was missed on the
+    in-process broker, and a position between two events (one no broker handed out) replayed on
+    the in-process broker but was missed on Redis. The rule for both: a position is a cursor
+    only if the broker handed it out (an event's, or a head it reported) and still holds what
+    follows; any other well-formed id is missed, and the stream starts at the head."""
+    broker = make_broker()
+    messages = [broker.publish("c", b"data: a\n")]
+
+    def next_millisecond() -> bool:  # two events in different milliseconds, a gap between
+        messages.append(broker.publish("c", b"data: b\n"))
+        return messages[-1].position[0] > messages[-2].position[0]
+
+    wait_until(next_millisecond, interval=0.001)
+    before, head = messages[-2].position, messages[-1].position
+    between = format_position((before[0], before[1] + 10**6))
+    assert before < parse_position(between) < head  # type: ignore[operator]
+    for cursor in ["1-0", "0-1", between, format_position((head[0] + 1, 0))]:
+        assert broker.replay("c", cursor) == ([], head, True), cursor
+    assert broker.replay("c", format_position(before)).messages == [messages[-1]]
+
+
+def test_zero_position_replays_whole_history_only_where_the_broker_holds_it(make_broker: MakeBroker) -> None:
+    """``0-0`` asks for a channel's whole history. Redis hands it out as the head of a channel
+    that never had an event and replays everything while nothing was trimmed; the in-process
+    broker holds nothing from before its process started, so for it ``0-0`` is missed."""
+    broker = make_broker()
+    messages = publish(broker, 2)
+    replay = broker.replay("c", "0-0")
+    if isinstance(broker, MemoryBroker):
+        assert replay == ([], messages[-1].position, True)
+    else:
+        assert replay == (messages, messages[-1].position, False)
+        publish(broker, 5)  # history of 5: trimmed now
+        assert broker.replay("c", "0-0").missed
 
 
 def test_empty_channel_head_is_a_usable_cursor(make_broker: MakeBroker) -> None:
@@ -195,3 +233,16 @@ def test_redis_new_subscription_knows_its_live_position_without_a_history_read(
         assert _same(got, [after]) and broker.live_position("a") == after.position
     finally:
         broker.close()
+
+
+def test_claim_once_is_won_once_until_it_expires(make_broker: MakeBroker) -> None:
+    """The single use of stream tickets: one claim wins, every other loses, until the ttl."""
+    broker, other = make_broker(), make_broker()  # two processes sharing one backend, for Redis
+    assert broker.claim_once("ticket:a", 0.3)
+    assert not broker.claim_once("ticket:a", 0.3)
+    assert broker.claim_once("ticket:b", 0.3)
+    if broker.shared:
+        assert not other.claim_once("ticket:a", 0.3)
+    made = time.monotonic()
+    wait_until(lambda: time.monotonic() > made + 0.35)
+    assert broker.claim_once("ticket:a", 0.3)

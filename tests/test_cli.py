@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any, Dict, Optional
 
 from flask import Flask
@@ -69,10 +70,11 @@ def test_token_is_accepted_by_the_stream() -> None:
     assert bad.exit_code == 2 and "Invalid SSE channel name" in bad.output
 
 
-def test_stats_prints_json_and_counts_serving_processes_only(
+def test_stats_reports_every_server_process_counters_from_redis(
     redis_server: RedisServer, prefix: str, start_server: StartServer
 ) -> None:
-    """Regression: ``redis_processes`` counted the CLI's own connection as a server process."""
+    """Regression: ``flask sse stats`` printed the CLI process's own zero counters, not the
+    servers', and counted the CLI's connection as a server process."""
     app = make(redis_server.url, prefix)
 
     def stats() -> Dict[str, Any]:
@@ -83,12 +85,36 @@ def test_stats_prints_json_and_counts_serving_processes_only(
 
     try:
         first = stats()
+        assert first["processes"] == 0 and first["per_process"] == {}
         assert first["streams"] == 0 and first["published"] == 0
-        assert first["redis_processes"] == 0
-        start_server(config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix}, workers=2)
-        wait_until(lambda: stats()["redis_processes"] == 2, timeout=10, message=stats)
+        server = start_server(
+            config={"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix}, workers=2
+        )
+        streams = [RawStream(server.port, "/stream?channel=lobby") for _ in range(3)]
+        for stream in streams:
+            stream.opening()
+        for n in range(4):
+            server.publish(data=n, channel="lobby")
+
+        def counted() -> bool:
+            now = stats()
+            return bool(now["processes"] == 2 and now["streams"] == 3 and now["published"] == 4)
+
+        wait_until(counted, timeout=15, message=stats)
+        now = stats()
+        assert sorted(now["per_process"]) == sorted(
+            f"{socket.gethostname()}:{pid}" for pid in server.children()
+        )
+        assert sum(p["streams"] for p in now["per_process"].values()) == 3
+        assert now["delivered"] == 12  # every event to every stream, whichever worker holds it
     finally:
         get_state(app).broker.close()
+
+
+def test_stats_with_the_in_process_broker_says_where_the_counters_are() -> None:
+    result = make().test_cli_runner().invoke(args=["sse", "stats"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "counters in the server process" in result.stderr and "SSE_REDIS_URL" in result.stderr
 
 
 def test_presence_counts_the_streams_of_every_process(

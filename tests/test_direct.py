@@ -29,7 +29,7 @@ def test_post_with_json_body_streams_tokens_then_end(server: Server) -> None:
     assert stream.status == 200
     assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert stream.headers["x-accel-buffering"] == "no"
-    assert stream.chunk() == b"retry: 3000\n\n"
+    assert stream.chunk() == b"retry: 3000\n"
     events = stream.events(5)
     assert [(e.type, e.data) for e in events] == [
         ("token", "You"),
@@ -116,8 +116,8 @@ def test_direct_stream_in_the_threaded_dev_server() -> None:
 
     response = app.test_client().get("/gen", buffered=False)
     chunks = list(response.iter_encoded())
-    assert chunks[0] == b"retry: 3000\n\n"
+    assert chunks[0] == b"retry: 3000\n"
     body = b"".join(c for c in chunks if c != HEARTBEAT)
-    assert body == b'retry: 3000\n\ndata: {"n":1}\n\ndata: {"n":2}\n\nevent: sse.end\ndata: \n\n'
+    assert body == b'retry: 3000\ndata: {"n":1}\n\ndata: {"n":2}\n\nevent: sse.end\ndata: \n\n'
     assert chunks.count(HEARTBEAT) >= 2
     assert stopped == [True]

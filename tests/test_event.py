@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flask_sse_ext import SSE
 from flask_sse_ext.event import Event, comment, encode_body, frame, retry_line
+from support.app import create_app
 from support.parser import ParsedEvent, SSEParser, parse
 
 # --------------------------------------------------------------------------------------
@@ -114,11 +116,11 @@ def test_event_encode(event: Event, expected: bytes) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param(None, b":\n\n", id="default"),
-        pytest.param("", b":\n\n", id="empty"),
-        pytest.param("ping", b":ping\n\n", id="ping"),
-        pytest.param(" ping", b": ping\n\n", id="leading-space"),
-        pytest.param("\u00e9", ":\u00e9\n\n".encode("utf-8"), id="non-ascii"),
+        pytest.param(None, b":\n", id="default"),
+        pytest.param("", b":\n", id="empty"),
+        pytest.param("ping", b":ping\n", id="ping"),
+        pytest.param(" ping", b": ping\n", id="leading-space"),
+        pytest.param("\u00e9", ":\u00e9\n".encode("utf-8"), id="non-ascii"),
     ],
 )
 def test_comment(text: Optional[str], expected: bytes) -> None:
@@ -128,9 +130,9 @@ def test_comment(text: Optional[str], expected: bytes) -> None:
 @pytest.mark.parametrize(
     ("ms", "expected"),
     [
-        pytest.param(0, b"retry: 0\n\n", id="zero"),
-        pytest.param(3000, b"retry: 3000\n\n", id="3000"),
-        pytest.param(10**12, b"retry: 1000000000000\n\n", id="large"),
+        pytest.param(0, b"retry: 0\n", id="zero"),
+        pytest.param(3000, b"retry: 3000\n", id="3000"),
+        pytest.param(10**12, b"retry: 1000000000000\n", id="large"),
     ],
 )
 def test_retry_line(ms: int, expected: bytes) -> None:
@@ -297,3 +299,28 @@ def test_consecutive_events_and_id_persistence(texts: list[str], ids: st.DataObj
         stream += Event(text, id=event_id).encode()
         expected.append(ParsedEvent("message", _spec_normalized(text), last))
     assert parse(stream) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(float("inf"), id="infinity"),
+        pytest.param({"load": [1.0, float("-inf")]}, id="nested-minus-infinity"),
+    ],
+)
+def test_nan_and_infinity_are_refused(value: Any) -> None:
+    """Regression: ``publish(float("nan"))`` sent ``data: NaN``, which ``JSON.parse`` rejects."""
+    with pytest.raises(ValueError, match="NaN or Infinity"):
+        encode_body(value)
+    app = create_app()
+    sse = SSE(app)
+    with app.app_context(), pytest.raises(ValueError, match="NaN or Infinity"):
+        sse.publish(value, channel="news")
+
+
+def test_no_blank_line_outside_an_event() -> None:
+    """Regression: the opening ``retry:`` line and every heartbeat ended with a blank line,
+    which httpx-sse and @microsoft/fetch-event-source turn into an empty event."""
+    for line in (retry_line(3000), comment(), comment("broker unavailable")):
+        assert line.endswith(b"\n") and b"\n\n" not in line

@@ -21,6 +21,7 @@ import zlib
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from flask_sse_ext import Publisher
+from support.client import request
 from support.paths import ROOT
 from support.ports import free_port
 from support.redis import RedisServer
@@ -341,3 +342,22 @@ def test_importing_the_app_starts_no_background_work() -> None:
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['MainThread']"
+
+
+def test_publish_while_redis_is_down_answers_503_with_a_json_reason(start_server: StartServer) -> None:
+    """Regression: ``POST /publish`` answered an HTML 500 with a traceback while Redis was down."""
+    redis = RedisServer()
+    try:
+        server = start_server(app=APP, args=CONF, env={"SSE_REDIS_URL": redis.url})
+        assert request(server.port, "POST", "/publish", {"message": "up"})[0] == 200
+        redis.stop()
+        for body in [{"message": "down"}, {"message": "x", "channel": "news"}]:
+            status, answer = request(server.port, "POST", "/publish", body)
+            assert status == 503, answer
+            assert answer["error"] == "the event broker is unavailable, try again shortly"
+            assert "Redis did not take the event" in answer["reason"]
+        bad = request(server.port, "POST", "/publish", {"message": "x", "channel": "bad name"})
+        assert bad[0] == 400 and "Invalid SSE channel name" in bad[1]["error"]
+        assert "Traceback" not in server.log()
+    finally:
+        redis.cleanup()

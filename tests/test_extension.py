@@ -252,7 +252,7 @@ def test_stream_works_in_flask_test_client_threaded_mode(app: Flask, sse: SSE) -
     app.config["SSE_HEARTBEAT_INTERVAL"] = 30
     response = app.test_client().get("/stream?channel=t", buffered=False)
     chunks = iter(response.response)
-    assert next(chunks) == b"retry: 3000\n\n"
+    assert next(chunks) == b"retry: 3000\n"
     got = []
     reader = threading.Thread(target=lambda: got.append(next(chunks)))
     reader.start()

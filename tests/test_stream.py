@@ -34,7 +34,7 @@ def test_headers_and_retry_arrive_before_any_event(server: Server, channel: str)
     assert stream.headers["cache-control"] == "no-cache"
     assert stream.headers["x-accel-buffering"] == "no"
     assert stream.headers["transfer-encoding"] == "chunked"
-    assert stream.chunk(timeout=1) == b"retry: 3000\n\n"
+    assert stream.chunk(timeout=1) == b"retry: 3000\n"
     assert time.monotonic() - started < 1
     stream.close()
 

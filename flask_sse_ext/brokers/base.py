@@ -10,7 +10,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Callable, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (
+    Callable,
+    Dict,
+    Final,
+    FrozenSet,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from ..event import frame
 from ..limits import Limiter, MemoryLimiter
@@ -19,6 +31,8 @@ __all__ = [
     "Broker",
     "BrokerError",
     "Cursor",
+    "LOG_FLAGS",
+    "LogEntry",
     "Unknown",
     "UNKNOWN",
     "Message",
@@ -104,6 +118,20 @@ UNKNOWN: Final = Unknown.CURSOR
 Cursor = Union[str, Position, Unknown, None]
 
 
+class LogEntry(NamedTuple):
+    """One event of a log (a resumable stream or a job): its position in the log, its encoded
+    body (no ``id`` line), and whether it is the log's last."""
+
+    position: Position
+    body: bytes
+    final: bool
+
+
+#: The flags a log carries, each raised for a while: its owner's lease, a reader's presence,
+#: and a request to cancel.
+LOG_FLAGS: Final = frozenset({"owner", "reader", "cancel"})
+
+
 class Broker(ABC):
     """A transport: stores each channel's recent history and delivers new events live.
 
@@ -186,5 +214,42 @@ class Broker(ABC):
         """Connection caps counted where this broker's streams are: here, in this process."""
         return MemoryLimiter()
 
+    def claim_once(self, key: str, ttl: float) -> bool:
+        """Capability: ``True`` the first time ``key`` is claimed, ``False`` for every later
+        claim within ``ttl`` seconds, over every process that shares the broker (single-use
+        stream tickets). Raises ``BrokerError`` when the backend does not answer, or when the
+        broker cannot keep claims at all."""
+        raise BrokerError(f"{type(self).__name__} cannot keep single-use claims (stream tickets)")
+
     def close(self) -> None:
         """Release connections and background work."""
+
+    # -- logs: the events of one resumable stream or job, read from the start by any process --
+    # A log has metadata, entries in position order (the first after ``(0, 0)``), at most one
+    # final entry after which nothing is added, and ``LOG_FLAGS`` that expire by themselves.
+    # It is kept ``ttl`` seconds after its last write.
+
+    @abstractmethod
+    def log_create(self, log: str, meta: Mapping[str, str], ttl: int) -> bool:
+        """Create ``log`` with ``meta`` unless it exists; ``True`` if it was created.
+        Raises ``BrokerError``."""
+
+    @abstractmethod
+    def log_meta(self, log: str) -> Optional[Dict[str, str]]:
+        """``log``'s metadata, or ``None`` when it does not exist (never made, or expired).
+        Raises ``BrokerError``."""
+
+    @abstractmethod
+    def log_append(self, log: str, body: bytes, ttl: int, final: bool = False) -> Optional[Position]:
+        """Append an encoded event to ``log`` (``final``: its last); its position, or ``None``
+        when the log is gone or already ended. Raises ``BrokerError``."""
+
+    @abstractmethod
+    def log_read(self, log: str, after: Position, timeout: float) -> Optional[List[LogEntry]]:
+        """Entries of ``log`` after ``after``, waiting up to ``timeout`` seconds for one when
+        there is none yet; ``None`` when the log does not exist. Raises ``BrokerError``."""
+
+    @abstractmethod
+    def log_signal(self, log: str, flag: Optional[str], ttl: float) -> FrozenSet[str]:
+        """Raise ``flag`` (one of ``LOG_FLAGS``) on ``log`` for ``ttl`` seconds, unless
+        ``None``; return the flags raised now. Raises ``BrokerError``."""

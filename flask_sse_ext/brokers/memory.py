@@ -8,6 +8,7 @@ from collections import deque
 from typing import Callable, Deque, Dict, Optional, Set
 
 from .base import UNKNOWN, Broker, Cursor, Message, Position, Replay, parse_position
+from .memory_logs import MemoryLogs
 
 __all__ = ["MemoryBroker"]
 
@@ -22,15 +23,18 @@ class _Channel:
         self.dropped = floor
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(MemoryLogs, Broker):
     """Keeps the last ``history_size`` events of each channel in this process.
 
     Events published in another process (a second gunicorn worker, a CLI command) never reach
     it: use the Redis broker there. Positions continue the wall clock, so a cursor handed out
     before a restart reads as older than this broker's history and is reported as missed.
+    As on Redis, a position is a cursor only if it is an event's or a head this broker
+    reported; any other (``1-0``, ``0-0``, one between two events) is reported as missed.
     """
 
     def __init__(self, history_size: int) -> None:
+        MemoryLogs.__init__(self)
         self.history_size = history_size
         self._lock = threading.Lock()
         self._channels: Dict[str, _Channel] = {}
@@ -39,6 +43,8 @@ class MemoryBroker(Broker):
         # Nothing from before this broker existed is known: that is the floor of every channel.
         self._floor: Position = (int(time.time() * 1000), 0)
         self._last = self._floor
+        #: Claimed keys (single-use tickets) and when they may be forgotten (monotonic).
+        self._claims: Dict[str, float] = {}
 
     def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
         self._deliver = deliver  # nothing is ever lost in one process
@@ -117,7 +123,23 @@ class MemoryBroker(Broker):
             newer = []
             for message in reversed(messages):
                 if message.position <= position:
+                    if message.position != position:
+                        # Between two events: no event has it, so it was never handed out.
+                        return Replay([], head, True)
                     break
                 newer.append(message)
+            else:
+                if position != floor:
+                    return Replay([], head, True)
             newer.reverse()
             return Replay(newer, head, False)
+
+    def claim_once(self, key: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._claims) >= 1024:  # forget expired claims now and then, not per call
+                self._claims = {k: t for k, t in self._claims.items() if t > now}
+            if self._claims.get(key, 0.0) > now:
+                return False
+            self._claims[key] = now + ttl
+            return True

@@ -19,6 +19,11 @@
  * that is not `text/event-stream`, after the event `sse.end` or `sse.error` (the last event of
  * a direct stream), on `close()`, and when `signal` aborts. `body` is sent on every attempt.
  * `createParser` is the parser: WHATWG HTML 9.2, "Interpreting an event stream".
+ *
+ * Credentials that expire: with `getCredential`, the client asks the app for a token or a
+ * ticket before every attempt, asks once more after a 401, and after the server's `sse.reauth`
+ * (the credential expired) reconnects at once with a fresh one, resuming with `Last-Event-ID`.
+ * Tabs: `share: true` gives every tab of the origin one stream (`connectShared`, below).
  */
 
 export const CONNECTING = 0, OPEN = 1, CLOSED = 2;
@@ -30,10 +35,12 @@ const EVENT_STREAM = /^\s*text\/event-stream\s*(;|$)/i;
  * An incremental `text/event-stream` parser. Chunks (strings, or bytes as Uint8Array) may split
  * lines, CRLF pairs and UTF-8 sequences anywhere. One leading BOM is dropped; an event the
  * input stops in the middle of is never dispatched.
- * @param {{onEvent?: (e: SSEEvent) => void, onRetry?: (ms: number) => void, lastEventId?: string}} [options]
+ * `onId` hears of a dispatch without data that sets the last event id (the opening cursor a
+ * multi-channel stream sends).
+ * @param {{onEvent?: (e: SSEEvent) => void, onRetry?: (ms: number) => void, onId?: (id: string) => void, lastEventId?: string}} [options]
  * @returns {{feed(chunk: string | Uint8Array): void, readonly lastEventId: string}}
  */
-export function createParser({ onEvent, onRetry, lastEventId = "" } = {}) {
+export function createParser({ onEvent, onRetry, onId, lastEventId = "" } = {}) {
   const decoder = new TextDecoder("utf-8", { ignoreBOM: true }); // the BOM is dropped below
   let pending = "", started = false, afterCR = false;
   let type = "", data = "", idBuffer = lastEventId;
@@ -45,7 +52,7 @@ export function createParser({ onEvent, onRetry, lastEventId = "" } = {}) {
         const event = { type: type || "message", data: data.slice(0, -1), lastEventId };
         data = "";
         onEvent?.(event);
-      }
+      } else onId?.(lastEventId);
       type = "";
       return;
     }
@@ -110,12 +117,26 @@ const utf8 = (text) => Array.from(new TextEncoder().encode(text), (b) => String.
  *   (ms) before the next attempt, undefined when the client has stopped
  * @param {number} [options.retry=1000] base delay (ms) until the server sends `retry:`
  * @param {number} [options.maxRetry=30000] the longest delay between attempts (ms)
- * @returns {{readyState: number, lastEventId: string, closed: Promise<void>, close(): void}}
- *   readyState is CONNECTING (also while waiting to reconnect), OPEN or CLOSED
+ * @param {(info: {reason: string, channels: string[]}) => Promise<Credential> | Credential} [options.getCredential]
+ *   called before every attempt (reason "open", "reconnect", "reauth" after the server's
+ *   `sse.reauth`, "unauthorized" after a 401) for the credential to send: a token string
+ *   (sent as `Authorization: Bearer`) or `{headers, params}` (`{params: {ticket}}` adds
+ *   `?ticket=`). Without it, `sse.reauth` stops the client with an error that says so.
+ * @param {boolean} [options.share=false] share one stream among the tabs of this origin
+ *   (see `connectShared`)
+ * @param {(id: string) => void} [options.onId] an id-only dispatch set the last event id
+ * @returns {{readyState: number, lastEventId: string, closed: Promise<void>, close(): void,
+ *   streamId?: string, resumeUrl?: string}}
+ *   readyState is CONNECTING (also while waiting to reconnect), OPEN or CLOSED; a resumable
+ *   stream (`sse.response(..., resumable=True)`) sets streamId and resumeUrl from its
+ *   `sse.stream` event, and every reconnection GETs resumeUrl with `Last-Event-ID`
  */
 export function connect(url, options = {}) {
+  if (options.share) return connectShared(url, options);
   const { method = "GET", headers = {}, body, credentials = "same-origin", signal } = options;
   const { onEvent, onOpen, onError, retry = 1000, maxRetry = 30000 } = options;
+  const { getCredential, onId } = options;
+  let reason = "open", reauth = false;
   const abort = new AbortController();
   let base = retry, attempts = 0, timer, wake, resolveClosed;
   const conn = {
@@ -132,6 +153,14 @@ export function connect(url, options = {}) {
       resolveClosed();
     },
   };
+  /** `sse.stream` names a resumable stream: {id, url}. Later attempts go to that URL. */
+  const resumable = (event) => {
+    try {
+      const { id, url: resumeUrl } = JSON.parse(event.data);
+      const base = new URL(url, globalThis.location?.href);
+      Object.assign(conn, { streamId: id, resumeUrl: new URL(resumeUrl, base).href });
+    } catch { /* not one of ours: nothing to resume */ }
+  };
   const report = (message, status, retryIn) =>
     call(onError, Object.assign(new Error(message), { status, retryIn }));
   const stop = (message, status) => { conn.close(); if (message) report(message, status); };
@@ -142,8 +171,14 @@ export function connect(url, options = {}) {
     sent.set("Accept", "text/event-stream");
     sent.set("Cache-Control", "no-cache");
     if (conn.lastEventId) sent.set("Last-Event-ID", utf8(conn.lastEventId));
-    const response = await fetch(url, {
-      method, headers: sent, body, credentials, cache: "no-store", signal: abort.signal,
+    // A resumable stream (`sse.stream`) is resumed at its own URL with a GET, never by
+    // sending the request (a POST of a prompt) again.
+    const dest = conn.resumeUrl || url;
+    const target = getCredential ? await withCredential(dest, sent, getCredential, reason) : dest;
+    if (conn.readyState === CLOSED) return;
+    const response = await fetch(target, {
+      method: conn.resumeUrl ? "GET" : method, headers: sent, body: conn.resumeUrl ? undefined : body,
+      credentials, cache: "no-store", signal: abort.signal,
     });
     const { status } = response;
     if (status === 204) return stop();
@@ -151,6 +186,10 @@ export function connect(url, options = {}) {
       response.body?.cancel().catch(() => {});
       const seconds = Number(response.headers.get("Retry-After"));
       return { message: "HTTP 429", status, wait: seconds > 0 ? seconds * 1000 : 0 };
+    }
+    if (status === 401 && getCredential && reason !== "unauthorized") {
+      response.body?.cancel().catch(() => {});
+      return { message: "HTTP 401", status, again: "unauthorized" }; // once, with a fresh credential
     }
     if (status >= 400 && status < 500) return stop(`HTTP ${status}`, status);
     if (!response.ok) {
@@ -162,17 +201,20 @@ export function connect(url, options = {}) {
     conn.readyState = OPEN;
     attempts = 0;
     call(onOpen, response);
+    const reader = response.body.getReader();
     const parser = createParser({
       lastEventId: conn.lastEventId,
       onRetry: (ms) => (base = ms),
+      onId: (id) => { if (conn.readyState !== CLOSED) call(onId, id); },
       onEvent: (event) => {
-        if (conn.readyState === CLOSED) return;
+        if (conn.readyState === CLOSED || reauth) return;
         conn.lastEventId = event.lastEventId;
+        if (event.type === "sse.stream") resumable(event);
         call(onEvent, event);
         if (event.type === "sse.end" || event.type === "sse.error") conn.close();
+        if (event.type === "sse.reauth") { reauth = true; reader.cancel().catch(() => {}); }
       },
     });
-    const reader = response.body.getReader();
     for (;;) {
       const { done, value } = await reader.read();
       if (done || conn.readyState === CLOSED) return { message: "The stream ended", status };
@@ -190,6 +232,20 @@ export function connect(url, options = {}) {
         failure = { message: (err && err.message) || String(err) };
       }
       if (conn.readyState === CLOSED) return;
+      if (reauth) {
+        reauth = false;
+        conn.readyState = CONNECTING;
+        // sse.reauth carries no id: Last-Event-ID still resumes after the last event.
+        if (!getCredential) return stop("The credential expired (sse.reauth) and no getCredential renews it", 401);
+        reason = "reauth";
+        continue;
+      }
+      reason = failure.again || "reconnect";
+      if (failure.again) {
+        conn.readyState = CONNECTING;
+        report(failure.message, failure.status, 0);
+        continue;
+      }
       const ceiling = Math.min(maxRetry, base * 2 ** attempts++);
       const delay = Math.max(failure.wait || 0, Math.round(ceiling * (0.5 + Math.random() / 2)));
       conn.readyState = CONNECTING;
@@ -202,4 +258,253 @@ export function connect(url, options = {}) {
   if (signal?.aborted) conn.close();
   else { signal?.addEventListener("abort", conn.close, { once: true }); run(); }
   return conn;
+}
+
+/** Asks the app for a credential and puts it on the request: returns the URL to fetch. */
+async function withCredential(url, headers, getCredential, reason) {
+  const target = new URL(url, location.href);
+  const channels = target.searchParams.getAll("channel");
+  const credential = await getCredential({ reason, channels });
+  if (typeof credential === "string") {
+    headers.set("Authorization", "Bearer " + credential);
+    return target;
+  }
+  new Headers(credential?.headers || {}).forEach((value, name) => headers.set(name, value));
+  for (const [name, value] of Object.entries(credential?.params || {})) target.searchParams.set(name, value);
+  return target;
+}
+
+// -- Tab sharing ------------------------------------------------------------------------------
+
+/**
+ * One stream for every tab of this origin (`connect(url, {share: true, ...})`): the tabs elect
+ * a leader with a Web Lock named after the stream URL (without its channels); the leader holds
+ * one stream for the union of the channels the tabs ask for and passes each event on through
+ * a `BroadcastChannel`, and each tab hands its `onEvent` only the events of its own channels.
+ * When the leader tab closes (or the browser freezes it), the next tab in the lock's queue
+ * takes over at once and resumes from the last cursor every tab saw, with `Last-Event-ID`; each
+ * tab drops an event it already has, so none is lost or repeated. A tab that asks for a
+ * channel the stream lacks makes the leader reopen it for the larger union, resuming the
+ * others. The leader's options (headers, `getCredential`) open the stream: share among tabs
+ * of one user. Without Web Locks or BroadcastChannel (or for another method than GET), each
+ * tab opens its own stream.
+ * @returns {{readyState: number, lastEventId: string, closed: Promise<void>, close(): void, readonly leader: boolean}}
+ */
+export function connectShared(url, options = {}) {
+  const solo = { ...options, share: false };
+  if (typeof BroadcastChannel !== "function" || !globalThis.navigator?.locks?.request) return connect(url, solo);
+  if ((options.method || "GET").toUpperCase() !== "GET" || options.body != null) return connect(url, solo);
+  const target = new URL(url, location.href);
+  const mine = target.searchParams.getAll("channel");
+  if (!mine.length) mine.push("sse"); // the server's default channel
+  target.searchParams.delete("channel");
+  const name = "flask-sse-ext:" + target.href;
+  const { onEvent, onOpen, onError, signal } = options;
+  const bus = new BroadcastChannel(name);
+  const seen = new Map(mine.map((channel) => [channel, new Set()]));
+  /** What every tab knows of the shared stream: its channels and its last cursor. */
+  const shared = { union: [], cursor: "" };
+  let leading = null, release = null, queued = false, resolveClosed;
+
+  const conn = {
+    readyState: CONNECTING,
+    lastEventId: "",
+    closed: new Promise((resolve) => (resolveClosed = resolve)),
+    get leader() { return leading !== null; },
+    close() {
+      if (conn.readyState === CLOSED) return;
+      conn.readyState = CLOSED;
+      abdicate();
+      bus.close();
+      signal?.removeEventListener("abort", conn.close);
+      removeEventListener("pagehide", conn.close);
+      document.removeEventListener("freeze", abdicate);
+      document.removeEventListener("resume", campaign);
+      resolveClosed();
+    },
+  };
+
+  /** Hands one event to this tab if it is for one of its channels and new to it. */
+  function deliver({ channels, key, event }) {
+    if (conn.readyState === CLOSED) return;
+    let fresh = false;
+    for (const channel of channels) {
+      const keys = seen.get(channel);
+      if (!keys || keys.has(key)) continue;
+      keys.add(key);
+      if (keys.size > 1000) keys.delete(keys.values().next().value);
+      fresh = true;
+    }
+    if (!fresh) return;
+    conn.lastEventId = event.lastEventId;
+    call(onEvent, event);
+  }
+
+  function note(union, cursor) { shared.union = union; shared.cursor = cursor; }
+
+  bus.onmessage = ({ data: m }) => {
+    if (m.t === "event") { note(m.union, m.cursor); deliver(m); }
+    else if (m.t === "cursor") note(m.union, m.cursor);
+    else if (m.t === "hello" && leading) leading.join(m.channels);
+    else if (m.t === "who") bus.postMessage({ t: "hello", channels: mine });
+    else if (m.t === "open") opened(m.channels);
+    else if (m.t === "error") report(m);
+  };
+
+  /** The leader's stream opened: this tab is open once the stream carries all its channels
+   * (before that, its events are not on it yet). */
+  function opened(channels) {
+    if (conn.readyState !== CONNECTING || !mine.every((c) => channels.includes(c))) return;
+    conn.readyState = OPEN;
+    call(onOpen, undefined);
+  }
+
+  /** The leader's stream failed: every tab hears it, and all stop when it stopped. */
+  function report({ message, status, retryIn }) {
+    if (conn.readyState === CLOSED) return;
+    if (retryIn === undefined) conn.close();
+    else conn.readyState = CONNECTING;
+    call(onError, Object.assign(new Error(message), { status, retryIn }));
+  }
+
+  /** Leads: holds the one stream for the union of every tab's channels. */
+  function lead() {
+    let union = sorted([...shared.union, ...mine]), stream = null, timer;
+    const start = () => {
+      const channels = union; // this stream's: the union may grow while it runs
+      const cursor = cursorFor(channels, shared.union, shared.cursor);
+      note(channels, cursor);
+      let previous = cursor;
+      const address = new URL(target);
+      for (const channel of channels) address.searchParams.append("channel", channel);
+      const current = (stream = connect(address, {
+        ...solo, lastEventId: cursor, signal: undefined,
+        onId: (id) => {
+          if (stream !== current) return;
+          previous = id;
+          note(channels, id);
+          bus.postMessage({ t: "cursor", union: channels, cursor: id });
+        },
+        onOpen: () => { if (stream === current) { opened(channels); bus.postMessage({ t: "open", channels }); } },
+        onError: (e) => {
+          if (stream !== current) return;
+          const m = { t: "error", message: e.message, status: e.status, retryIn: e.retryIn };
+          bus.postMessage(m);
+          report(m);
+        },
+        onEvent: (event) => {
+          if (stream !== current) return;
+          const m = { t: "event", ...route(channels, previous, event), event, union: channels, cursor: event.lastEventId };
+          previous = event.lastEventId;
+          note(channels, previous);
+          bus.postMessage(m);
+          deliver(m);
+        },
+      }));
+    };
+    const join = (channels) => {
+      const wider = sorted([...union, ...channels]);
+      if (wider.length === union.length) {
+        if (stream?.readyState === OPEN && !timer) bus.postMessage({ t: "open", channels: union });
+        return;
+      }
+      union = wider;
+      clearTimeout(timer); // tabs that open together cost one reconnection, not one each
+      timer = setTimeout(() => { timer = null; stream?.close(); start(); }, 50);
+    };
+    leading = { join, stop() { clearTimeout(timer); stream?.close(); stream = null; } };
+    bus.postMessage({ t: "who" });
+    // Taking over: resume at once. The first leader waits for the other tabs' answers first,
+    // so that tabs opened together start on one stream.
+    if (shared.union.length) start();
+    else timer = setTimeout(() => { timer = null; start(); }, 100);
+  }
+
+  function abdicate() {
+    leading?.stop();
+    leading = null;
+    release?.();
+    release = null;
+  }
+
+  /** Waits in the lock's queue (once) and leads when the lock is granted. */
+  function campaign() {
+    if (conn.readyState === CLOSED || queued) return;
+    queued = true;
+    navigator.locks.request(name, () => new Promise((resolve) => {
+      release = () => { queued = false; resolve(); };
+      if (conn.readyState === CLOSED) release();
+      else lead();
+    }));
+  }
+
+  if (signal?.aborted) { conn.close(); return conn; }
+  signal?.addEventListener("abort", conn.close, { once: true });
+  addEventListener("pagehide", conn.close);
+  // A frozen leader would hold the lock and deliver nothing: it hands over first.
+  document.addEventListener("freeze", abdicate);
+  document.addEventListener("resume", campaign);
+  bus.postMessage({ t: "hello", channels: mine });
+  campaign();
+  return conn;
+}
+
+const sorted = (channels) => [...new Set(channels)].sort();
+
+/** A compound cursor (`~` and one base-36 `ms[-seq]` token per channel) as positions; `_`
+ * (a channel that starts from now) is null. */
+function decodeCompound(text, count) {
+  if (!text.startsWith("~")) return null;
+  const tokens = text.slice(1).split(".");
+  if (tokens.length !== count) return null;
+  return tokens.map((token) => {
+    if (token === "_") return null;
+    const [ms, seq = "0"] = token.split("-");
+    return [parseInt(ms, 36), parseInt(seq, 36)];
+  });
+}
+
+/** Which channels an event of the union stream is for, and the key that tells it apart. */
+function route(union, previous, event) {
+  if (event.type === "sse.missed") {
+    try { return { channels: JSON.parse(event.data).channels, key: "missed:" + event.lastEventId }; }
+    catch { /* not ours: below */ }
+  }
+  if (union.length === 1) return { channels: union, key: event.lastEventId };
+  const before = decodeCompound(previous || "", union.length);
+  const after = decodeCompound(event.lastEventId, union.length);
+  if (before && after) {
+    // Each event moves exactly its own channel's position in the compound cursor.
+    // A channel that started from now (null before) is not known to have moved.
+    const moved = union.filter((_, i) => after[i] && before[i] && (after[i][0] !== before[i][0] || after[i][1] !== before[i][1]));
+    if (moved.length === 1) {
+      const i = union.indexOf(moved[0]);
+      return { channels: moved, key: `${after[i][0]}-${after[i][1]}` };
+    }
+  }
+  return { channels: union, key: event.lastEventId }; // the position is unknown: every tab gets it
+}
+
+/** The cursor for a stream on `union` from one on `before` that stood at `cursor`: known
+ * positions carry over, a new channel starts from now (`_`); a position that cannot be told
+ * (a publisher's own id) makes the cursor unknown, which the server reports as `sse.missed`. */
+function cursorFor(union, before, cursor) {
+  if (!cursor || !before.length) return "";
+  if (union.join() === before.join()) return cursor;
+  let positions;
+  if (before.length === 1) {
+    const match = /^(\d+)-(\d+)$/.exec(cursor);
+    positions = match ? [[Number(match[1]), Number(match[2])]] : null;
+  } else positions = decodeCompound(cursor, before.length);
+  if (!positions) return "?";
+  const at = new Map(before.map((channel, i) => [channel, positions[i]]));
+  if (union.length === 1) {
+    const position = at.get(union[0]);
+    return position ? `${position[0]}-${position[1]}` : "";
+  }
+  return "~" + union.map((channel) => {
+    const position = at.get(channel);
+    if (!position) return "_";
+    return position[0].toString(36) + (position[1] ? "-" + position[1].toString(36) : "");
+  }).join(".");
 }

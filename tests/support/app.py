@@ -7,10 +7,14 @@ over HTTP (below), which is what gunicorn serves: ``served()`` is that app, conf
 
 The views: ``/publish`` (JSON body: ``sse.publish``'s arguments), ``/stats`` (``sse.stats()``
 with the worker's greenlets, file descriptors and pid), ``/token``, the direct streams
-``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``, and
-for the browser client ``/`` (a page that imports ``sse-client.js``), ``/flaky/<name>``,
-``/gone`` and ``/forbidden``. With ``record_requests=True`` the app records every request but
-the bookkeeping ones (path, method, the headers a client must send), which ``/requests`` and
+``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``,
+``/login`` (POST ``?user=``: a Flask-Login session cookie), ``/resync/<channel>`` (POST: ends the
+channel's streams, so that their clients reconnect), for the browser client ``/`` (a page that
+imports ``sse-client.js``), ``/flaky/<name>``, ``/gone`` and ``/forbidden``; resumable answers
+``/answer/<name>`` (any method), ``/cancel/<stream id>`` (``sse.cancel``) and jobs
+``/job/<job id>`` (GET: the stream; POST: publish). Every response carries the worker's pid as
+``X-Pid``. With ``record_requests=True`` the app records every request but the bookkeeping ones
+(path, query, time, method, the headers a client must send), which ``/requests`` and
 ``/seen-ids`` return, so a test can count reconnections on the server side.
 """
 
@@ -24,6 +28,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import greenlet  # type: ignore[import-untyped]  # greenlet ships no type information
 from flask import Flask, Response, jsonify, request
+from flask_login import LoginManager, UserMixin, login_user
 
 from flask_sse_ext import SSE, BrokerError, Event, Identity
 
@@ -51,6 +56,14 @@ def authorize(identity: Optional[Identity], channel: str) -> bool:
     if channel == "secret":
         return name == "alice"
     return True
+
+
+def _header_text(value: Optional[str]) -> Optional[str]:
+    """A header as the client meant it: clients send UTF-8, WSGI hands it over as Latin-1."""
+    try:
+        return None if value is None else value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def create_app(
@@ -86,7 +99,20 @@ def served(record_requests: bool = False) -> Flask:
     return create_app(config, views=True, record_requests=record_requests)
 
 
+class _User(UserMixin):  # type: ignore[misc]  # Flask-Login ships no type information
+    def __init__(self, user_id: str) -> None:
+        self.id = user_id
+
+
 def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
+    login_manager = LoginManager(app)
+    login_manager.user_loader(_User)
+
+    @app.post("/login")
+    def login() -> Any:
+        login_user(_User(request.args["user"]))
+        return "logged in"
+
     #: When each /probe generator's ``finally`` ran (epoch seconds), by name.
     finally_at: Dict[str, float] = {}
     #: How many requests each /flaky stream got.
@@ -162,6 +188,65 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
 
         return sse.response(items(), expose_errors=request.args.get("expose") == "1")
 
+    @app.after_request
+    def pid_header(response: Response) -> Response:
+        response.headers["X-Pid"] = str(os.getpid())
+        return response
+
+    @app.route("/answer/<name>", methods=["GET", "POST"])
+    def answer(name: str) -> Any:
+        """A resumable answer of ``count`` tokens ``{"n", "pid"}``, one every ``pace`` s (raising
+        instead of token ``fail``). With
+        ``TEST_JOURNAL`` (a directory) set, its generator notes ``start <pid>`` and
+        ``stop <epoch>`` in the file ``name`` there."""
+        count = int(request.args.get("count", "40"))
+        pace = float(request.args.get("pace", "0.1"))
+        fail = int(request.args.get("fail", "0"))
+        folder = app.config.get("TEST_JOURNAL")
+        journal = None if folder is None else os.path.join(folder, name)
+
+        def note(line: str) -> None:
+            if journal is not None:
+                with open(journal, "a") as out:
+                    out.write(line + "\n")
+
+        def tokens() -> Iterator[Event]:
+            note(f"start {os.getpid()}")
+            try:
+                for n in range(1, count + 1):
+                    time.sleep(pace)
+                    if n == fail:
+                        raise RuntimeError("the model failed")
+                    yield Event({"n": n, "pid": os.getpid()}, event="token")
+            finally:
+                note(f"stop {time.time()}")
+
+        return sse.response(tokens(), resumable=True, heartbeat=float(request.args.get("heartbeat", "1")))
+
+    @app.post("/cancel/<stream_id>")
+    def cancel(stream_id: str) -> Any:
+        return jsonify(cancelled=sse.cancel(stream_id), at=time.time())
+
+    @app.get("/job/<job_id>")
+    def job_stream(job_id: str) -> Any:
+        return sse.job_response(job_id)
+
+    @app.post("/job/<job_id>")
+    def job_publish(job_id: str) -> Any:
+        """``{"data", "event"}`` to publish to the job, ``{"end": true}`` to end it."""
+        fields = request.get_json()
+        job = sse.job(job_id)
+        if fields.get("end"):
+            return jsonify(id=job.end())
+        return jsonify(id=job.publish(fields["data"], event=fields.get("event")))
+
+    @app.post("/resync/<channel>")
+    def resync(channel: str) -> Any:
+        """End this worker's streams of ``channel``, as when the broker loses track of it: each
+        client reconnects with its ``Last-Event-ID``."""
+        sse.state().serve().resync(channel)
+        return jsonify(ended=channel)
+
     @app.get("/")
     def index() -> Any:
         return Response(PAGE, mimetype="text/html")
@@ -185,7 +270,7 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
 
     if not record_requests:
         return
-    recorded: List[Dict[str, Optional[str]]] = []
+    recorded: List[Dict[str, Any]] = []
 
     @app.before_request
     def record() -> None:
@@ -194,9 +279,11 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
                 {
                     "path": request.path,
                     "method": request.method,
-                    "last_event_id": request.headers.get("Last-Event-ID"),
+                    "last_event_id": _header_text(request.headers.get("Last-Event-ID")),
                     "accept": request.headers.get("Accept"),
                     "cache_control": request.headers.get("Cache-Control"),
+                    "query": request.query_string.decode("latin-1"),
+                    "at": time.time(),
                 }
             )
 

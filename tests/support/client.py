@@ -15,7 +15,7 @@ from support.parser import ParsedEvent, SSEParser
 
 __all__ = ["HEARTBEAT", "OPEN", "RawStream", "request"]
 
-HEARTBEAT = b":\n\n"
+HEARTBEAT = b":\n"
 
 #: Streams not closed yet; the suite closes them after each test.
 OPEN: List["RawStream"] = []
@@ -145,7 +145,7 @@ class RawStream:
         """Read the first chunk, check that it starts with the ``retry:`` hint, and keep the
         events it carries (a replay) for ``events``. Returns the chunk."""
         first = self.chunk()
-        assert first is not None and first.startswith(b"retry: %d\n\n" % retry), first
+        assert first is not None and first.startswith(b"retry: %d\n" % retry), first
         self.backlog.extend(self.parser.feed(first))
         return first
 

@@ -31,6 +31,7 @@ from ..base import (
 )
 from .limiter import RedisLimiter
 from .listener import Listener
+from .logs import RedisLogs
 from .scripts import HEADS, PUBLISH, REPLAY
 from .store import SharedStore
 from .topology import Topology, connect
@@ -58,7 +59,7 @@ def _script(source: str) -> Script:
     return Script(cast(Any, None), source.encode("utf-8"))
 
 
-class RedisBroker(Broker):
+class RedisBroker(RedisLogs, Broker):
     """History and fan-out through Redis; safe to use from many processes and hosts.
 
     ``topology`` says where Redis is (one server, Sentinel, a cluster: ``from_url`` picks it).
@@ -81,6 +82,7 @@ class RedisBroker(Broker):
     ) -> None:
         self.topology = topology
         self.prefix = prefix
+        RedisLogs.__init__(self)
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.min_replicas = min_replicas
@@ -261,6 +263,9 @@ class RedisBroker(Broker):
     def processes(self) -> Optional[int]:
         return len(self.store.live_processes())
 
+    def claim_once(self, key: str, ttl: float) -> bool:
+        return self.store.claim_once(key, ttl)
+
     def limiter(self) -> Limiter:
         """Connection caps shared by every process that uses this Redis."""
         with self._lock:
@@ -271,4 +276,5 @@ class RedisBroker(Broker):
     def close(self) -> None:
         """Stop the listener (it closes its links) and release connections."""
         self.listener.close()
+        self.close_logs()
         self.topology.close()

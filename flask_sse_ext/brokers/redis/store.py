@@ -29,6 +29,7 @@ class SharedStore:
 
     def __init__(self, topology: Topology, prefix: str) -> None:
         self.topology = topology
+        self.prefix = prefix
         tag = "{" + prefix + ":shared}"
         self.stats_key = f"{prefix}:stats:{tag}"
         self.processes_key = f"{prefix}:processes:{tag}"
@@ -90,3 +91,13 @@ class SharedStore:
         except _ERRORS as exc:
             raise BrokerError(f"Redis did not answer: {exc}") from exc
         return sum(int(count) for count in counts if count is not None)
+
+    def claim_once(self, key: str, ttl: float) -> bool:
+        """``SET NX`` with an expiry: one process in all wins a key, until it expires."""
+        try:
+            won = self.topology.commands.set(
+                f"{self.prefix}:claim:{key}", b"1", nx=True, px=max(1, int(ttl * 1000))
+            )
+        except _ERRORS as exc:
+            raise BrokerError(f"Redis did not answer the ticket check: {exc}") from exc
+        return bool(won)
