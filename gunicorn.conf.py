@@ -7,6 +7,8 @@ argument (``gunicorn -c gunicorn.conf.py myproject:app``) to serve yours.
 import os
 
 # A server hook: a stopping worker ends its streams at once, so clients resume elsewhere.
+# It also refuses gunicorn's own HTTP/2 (--http-protocols h2): terminate HTTP/2 at a proxy
+# (docs/nginx-http2.conf) and serve HTTP/1.1 here.
 from flask_sse_ext.gunicorn import post_worker_init  # noqa: F401
 
 wsgi_app = "example_app:app"

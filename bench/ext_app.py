@@ -5,10 +5,12 @@ publishes with ``flask_sse_ext.Publisher`` straight into Redis), else the in-pro
 (target ``ext-memory``), which only code in the worker can reach: the bench hands the worker
 a schedule (``POST /series``) and a background greenlet publishes it, as an app's own job
 would. ``BENCH_REDIS_CLUSTER=1`` adds ``SSE_REDIS_CLUSTER = True`` (the ``multihost``
-scenario: ``BENCH_REDIS_URL`` is then a seed node of a Redis Cluster). Everything else is the
-extension's defaults.
+scenario: ``BENCH_REDIS_URL`` is then a seed node of a Redis Cluster). ``BENCH_SSE_CONFIG``
+(JSON) sets ``SSE_*`` keys (``stalled.py --config``); everything else is the extension's
+defaults.
 """
 
+import json
 import os
 import threading
 import time
@@ -22,6 +24,7 @@ if os.environ.get("BENCH_REDIS_URL"):
     app.config["SSE_REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
     if os.environ.get("BENCH_REDIS_CLUSTER"):
         app.config["SSE_REDIS_CLUSTER"] = True
+app.config.update(json.loads(os.environ.get("BENCH_SSE_CONFIG", "{}")))
 sse = SSE(app)
 _series = {"done": threading.Event(), "calls": [], "errors": {}}
 
@@ -69,6 +72,11 @@ def _publish_series(schedule, pad):  # type: ignore[no-untyped-def]
                 errors[kind] = errors.get(kind, 0) + 1
             calls.append(time.perf_counter() - t)
     _series["done"].set()
+
+
+@app.get("/stats")
+def stats():  # type: ignore[no-untyped-def]
+    return jsonify(sse.stats())
 
 
 @app.get("/ping")

@@ -45,6 +45,9 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_RESUMABLE_LIFETIME": 600.0,
     "SSE_TICKET_TTL": 30.0,
     "SSE_TICKET_ENDPOINT": False,
+    "SSE_SEND_TIMEOUT": 10.0,
+    "SSE_CLIENT_QUEUE_BYTES": 1024 * 1024,
+    "SSE_SEND_BUFFER_BYTES": 64 * 1024,
 }
 
 
@@ -86,6 +89,9 @@ class Settings:
     resumable_lifetime: float
     ticket_ttl: float
     ticket_endpoint: bool
+    send_timeout: float
+    client_queue_bytes: int
+    send_buffer_bytes: Optional[int]
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -208,6 +214,9 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_RESUMABLE_LIFETIME", "resumable_lifetime", _seconds),
     ("SSE_TICKET_TTL", "ticket_ttl", _seconds),
     ("SSE_TICKET_ENDPOINT", "ticket_endpoint", _bool),
+    ("SSE_SEND_TIMEOUT", "send_timeout", _seconds),
+    ("SSE_CLIENT_QUEUE_BYTES", "client_queue_bytes", lambda k, v: _int(k, v, 1)),
+    ("SSE_SEND_BUFFER_BYTES", "send_buffer_bytes", _optional(lambda k, v: _int(k, v, 4096))),
 )
 
 

@@ -17,7 +17,7 @@ from .auth import AuthError, Identity, identify, private_channel_allowed
 from .brokers.base import UNKNOWN, BrokerError, Unknown
 from .config import validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
-from .serving import check_server, warn_memory_broker
+from .serving import HTTP2_REFUSAL, check_server, http2, warn_memory_broker
 from .signals import stream_closed, stream_opened
 from .state import AppState, get_state
 from .stream import HEADERS, open_stream, reauth, unavailable
@@ -133,6 +133,10 @@ def stream_view() -> Response:
     cors = cors_headers(origin, settings.cors_origins)
     if request.method == "OPTIONS":
         return Response(status=204, headers=preflight_headers(origin or "", settings.cors_origins))
+    if http2(request.environ):
+        # 505 is final for EventSource: no reconnect loop against a server that cannot serve it.
+        logger.error(HTTP2_REFUSAL)
+        return _refusal(_Refused(505, HTTP2_REFUSAL), cors)
     try:
         channels = _channels(state)
         identity = _identity(state, channels)
@@ -232,6 +236,8 @@ def _open(
         retry=settings.retry,
         max_age=max_age,
         queue_size=settings.client_queue_size,
+        queue_bytes=settings.client_queue_bytes,
+        send_buffer=settings.send_buffer_bytes,
         environ=environ,
         allowed=grant.allowed,
         on_close=grant.closed,

@@ -1,4 +1,5 @@
-"""gunicorn integration: hand streams over on shutdown, and keep tokens out of access logs.
+"""gunicorn integration: hand streams over on shutdown, refuse gunicorn's own HTTP/2, and keep
+tokens out of access logs.
 
 In ``gunicorn.conf.py``::
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import atexit
 import gc
 import re
+import sys
 import threading
 import time
 from typing import Any, Dict
@@ -18,9 +20,10 @@ from typing import Any, Dict
 from gunicorn.glogging import Logger
 
 from .hub import shutdown_all
+from .serving import HTTP2_REFUSAL
 from .state import serve_all
 
-__all__ = ["RedactingLogger", "post_worker_init"]
+__all__ = ["RedactingLogger", "post_worker_init", "serves_http2"]
 
 _TOKEN = re.compile(r"((?:^|[?&])(?:token|ticket)=)[^&\s\"]*", re.IGNORECASE)
 
@@ -41,6 +44,19 @@ class RedactingLogger(Logger):  # type: ignore[misc]
         return atoms
 
 
+#: The worker exit code on which gunicorn's arbiter stops for good (``Arbiter.WORKER_BOOT_ERROR``).
+_WORKER_BOOT_ERROR = 3
+
+
+def serves_http2(cfg: Any) -> bool:
+    """Whether gunicorn's config lets a client negotiate gunicorn's own HTTP/2 (gunicorn 27+)."""
+    protocols = getattr(cfg, "http_protocols", None) or ()
+    if "h2" not in protocols:
+        return False
+    cleartext = getattr(cfg, "http2_cleartext", "off")
+    return bool(getattr(cfg, "is_ssl", False)) or cleartext not in ("off", False, None)
+
+
 def post_worker_init(worker: Any) -> None:
     """gunicorn hook: when this worker starts to stop (SIGTERM, a HUP reload, ``max_requests``),
     end its streams at once, so browsers reconnect to a live worker with ``Last-Event-ID``
@@ -51,7 +67,14 @@ def post_worker_init(worker: Any) -> None:
     collector's sight (``gc.freeze``): a worker with thousands of streams runs full
     collections that stall every stream at once, and these need not scan what lives as long
     as the process anyway.
+
+    A server that can speak its own HTTP/2 (``--http-protocols h2`` with TLS or
+    ``--http2-cleartext``) is refused: the worker exits with a boot error and a message that
+    says what to do, and gunicorn stops.
     """
+    if serves_http2(worker.cfg):
+        worker.log.error(HTTP2_REFUSAL)
+        sys.exit(_WORKER_BOOT_ERROR)
     # The app is loaded: its listener and shared counters start now, not at the first stream.
     serve_all()
     gc.freeze()

@@ -1,8 +1,11 @@
 """Per-process fan-out: one broker subscription per channel, one bounded queue per client.
 
 The hub hands every client of a channel the same ``Message`` object, so an event is encoded
-once however many clients read it. A client whose queue is full is cut (its stream ends and
-the browser reconnects with ``Last-Event-ID``), which bounds a worker's memory per client.
+once however many clients read it. A client whose queue is full (in events or in bytes) is cut
+(its stream ends and the browser reconnects with ``Last-Event-ID``), which bounds a worker's
+memory per client; so is one whose sent data has not drained within the send timeout (a
+client that stopped reading, or a half-open connection that no longer acknowledges even
+heartbeats). A cut client's connection is reset, which frees its kernel buffers at once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import weakref
 from typing import Dict, List, Optional, Set, Tuple
 
 from .brokers.base import Broker, Message
-from .serving import process_name, shutdown
+from .serving import abort, process_name, release_free_memory, send_progress
 
 __all__ = ["Client", "Hub", "shutdown_all"]
 
@@ -28,18 +31,22 @@ _hubs: "weakref.WeakSet[Hub]" = weakref.WeakSet()
 #: a report counts for three of them, so a process that dies drops out by itself.
 PRESENCE_INTERVAL = 5.0
 
+#: The most a stream writes in one chunk when several events wait (a larger event goes alone).
+CHUNK_BYTES = 64 * 1024
+
 #: Why a stream ended early.
 LAGGED = "lagged"
 GONE = "gone"
 SHUTDOWN = "shutdown"
 RESYNC = "resync"
 EXPIRED = "expired"
+TIMED_OUT = "timed_out"
 
 
 class Stats:
     """Counters of one process, reported by ``SSE.stats()``."""
 
-    __slots__ = ("published", "delivered", "replayed", "lagged")
+    __slots__ = ("published", "delivered", "replayed", "lagged", "timed_out")
 
     def __init__(self) -> None:
         #: Events this process published.
@@ -48,8 +55,10 @@ class Stats:
         self.delivered = 0
         #: Events written to streams from history, on reconnects.
         self.replayed = 0
-        #: Streams cut because their client could not keep up.
+        #: Streams cut because their client could not keep up (its queue was full).
         self.lagged = 0
+        #: Streams cut because what was sent to them did not drain within the send timeout.
+        self.timed_out = 0
 
 
 class Client:
@@ -60,6 +69,8 @@ class Client:
         "queue",
         "wake",
         "maxsize",
+        "maxbytes",
+        "queued_bytes",
         "closed",
         "sock",
         "stats",
@@ -67,6 +78,8 @@ class Client:
         "quiet_since",
         "beat_due",
         "deadline",
+        "drain_target",
+        "drain_since",
     )
 
     def __init__(
@@ -75,6 +88,7 @@ class Client:
         maxsize: int,
         sock: Optional[socket.socket] = None,
         stats: Optional[Stats] = None,
+        maxbytes: Optional[int] = None,
     ) -> None:
         self.channels = channels
         # A list, not a deque: an empty deque costs 600 bytes, and the stream takes the whole
@@ -85,11 +99,15 @@ class Client:
         # Looked up at call time: under gevent's monkey patching this is gevent's Event.
         self.wake = threading.Event()
         self.maxsize = maxsize
-        #: ``None`` while open, else why it must end (``lagged``, ``gone``, ``shutdown``,
-        #: ``resync``, ``expired``).
+        #: The bound in bytes of what waits in ``queue`` (``None``: none); a queue always
+        #: takes one event, whatever its size.
+        self.maxbytes = maxbytes
+        self.queued_bytes = 0
+        #: ``None`` while open, else why it must end (``lagged``, ``timed_out``, ``gone``,
+        #: ``shutdown``, ``resync``, ``expired``).
         self.closed: Optional[str] = None
-        #: The connection, shut down when the client lags: that unblocks a write stuck on a
-        #: reader that stopped.
+        #: The connection, reset when the client is cut: that unblocks a write stuck on a
+        #: reader that stopped, and frees what the kernel holds for it.
         self.sock = sock
         self.stats = stats
         #: Heartbeat bookkeeping, kept by the hub's ticker: the stream sets ``active`` when it
@@ -99,18 +117,22 @@ class Client:
         self.beat_due = False
         #: ``time.monotonic()`` at which the stream must end (age limit, token expiry).
         self.deadline: Optional[float] = None
+        #: Send timeout bookkeeping, kept by the hub's ticker: the count of acknowledged bytes
+        #: at which what was waiting at ``drain_since`` has drained (-1: nothing waits).
+        self.drain_target = -1
+        self.drain_since = 0.0
 
     def put(self, message: Message) -> None:
         if self.closed is not None:
             return
-        if len(self.queue) >= self.maxsize:
-            self.close(LAGGED)
-            if self.stats is not None:
-                self.stats.lagged += 1
-            if self.sock is not None:
-                shutdown(self.sock, socket.SHUT_RDWR)
-            return
         queue = self.queue
+        size = len(message.frame)
+        if len(queue) >= self.maxsize or (
+            queue and self.maxbytes is not None and self.queued_bytes + size > self.maxbytes
+        ):
+            self.cut(LAGGED)
+            return
+        self.queued_bytes += size
         queue.append(message)
         if len(queue) == 1:
             # Set by the first put since the stream last took its queue: a stream clears the
@@ -122,18 +144,40 @@ class Client:
             self.closed = reason
         self.wake.set()
 
+    def cut(self, reason: str) -> None:
+        """End the stream at once for ``reason`` (``lagged`` or ``timed_out``), counted, with
+        its connection reset: the client reconnects and replays from its ``Last-Event-ID``."""
+        if self.closed is not None:
+            return
+        self.close(reason)
+        if self.stats is not None:
+            if reason == LAGGED:
+                self.stats.lagged += 1
+            else:
+                self.stats.timed_out += 1
+        if self.sock is not None:
+            abort(self.sock)
+
 
 class Hub:
     """Routes a broker's live messages to the clients of this process.
 
     One ticker (a greenlet under gevent) keeps time for every stream: it marks a heartbeat due
-    on streams that wrote nothing for ``heartbeat`` seconds and ends streams past their
-    deadline, so a stream waits on its wake-up event alone, with no timer of its own.
+    on streams that wrote nothing for ``heartbeat`` seconds, ends streams past their
+    deadline, and cuts streams whose sent data has not drained within ``send_timeout``
+    seconds, so a stream waits on its wake-up event alone, with no timer of its own.
     """
 
-    def __init__(self, broker: Broker, stats: Optional[Stats] = None, heartbeat: float = 15.0) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        stats: Optional[Stats] = None,
+        heartbeat: float = 15.0,
+        send_timeout: Optional[float] = None,
+    ) -> None:
         self.broker = broker
         self.heartbeat = heartbeat
+        self.send_timeout = send_timeout
         self._lock = threading.Lock()
         self._clients: Dict[str, Set[Client]] = {}
         self._all: Set[Client] = set()
@@ -175,11 +219,28 @@ class Hub:
                     self.broker.unsubscribe(channel)
 
     def take(self, client: Client) -> List[Message]:
-        """Everything queued for ``client``, oldest first, leaving its queue empty."""
+        """What is queued for ``client``, oldest first: everything, or, past ``CHUNK_BYTES``,
+        the oldest events up to that size (at least one), with the wake-up left set for the
+        rest. A stream writes what it takes as one chunk, and a client that stopped reading
+        holds its chunk (and the server's copy of it) until it is cut: that must not be up
+        to a whole queue per client."""
         with self._lock:
             queue = client.queue
-            taken = queue[:]
-            queue.clear()
+            if client.queued_bytes <= CHUNK_BYTES:
+                taken = queue[:]
+                queue.clear()
+                client.queued_bytes = 0
+                return taken
+            size = count = 0
+            for message in queue:
+                size += len(message.frame)
+                count += 1
+                if size >= CHUNK_BYTES:
+                    break
+            taken = queue[:count]
+            del queue[:count]
+            client.queued_bytes -= size
+            client.wake.set()
         return taken
 
     def deliver(self, message: Message) -> None:
@@ -191,9 +252,15 @@ class Hub:
 
     def _tick(self) -> None:
         # Heartbeats are kept to within a second: a scan of every client costs a few
-        # milliseconds per 10,000 streams. A deadline due before the next scan gets a scan of
-        # its own, on time.
+        # milliseconds per 10,000 streams (one more system call each for the send timeout). A
+        # deadline due before the next scan gets a scan of its own, on time. The send
+        # timeout is checked eight times per timeout: a cut comes at most two scans late.
         period = min(self.heartbeat / 2, 1.0)
+        send_timeout = self.send_timeout
+        stats = self.stats
+        cuts = trimmed = 0
+        if send_timeout is not None:
+            period = min(period, send_timeout / 8)
         pause = period
         next_report = 0.0
         reporter: Optional[threading.Thread] = None
@@ -217,6 +284,9 @@ class Hub:
                     continue
                 if deadline is not None and deadline < soonest:
                     soonest = deadline
+                if send_timeout is not None and _stalled(client, now, send_timeout):
+                    client.cut(TIMED_OUT)
+                    continue
                 if client.active:
                     client.active = False
                     client.quiet_since = now
@@ -224,6 +294,13 @@ class Hub:
                     client.quiet_since = now
                     client.beat_due = True
                     client.wake.set()
+            # Cut clients leave their chunks and buffers to the allocator, in holes it keeps:
+            # once the cuts stop, give the free memory back to the system.
+            if cuts != stats.lagged + stats.timed_out:
+                cuts = stats.lagged + stats.timed_out
+            elif trimmed != cuts:
+                trimmed = cuts
+                release_free_memory()
             pause = max(0.01, soonest - time.monotonic())
 
     def _report(self) -> None:
@@ -259,6 +336,26 @@ class Hub:
     @property
     def channel_count(self) -> int:
         return len(self._clients)
+
+
+def _stalled(client: Client, now: float, timeout: float) -> bool:
+    """Whether what ``client``'s connection had waiting ``timeout`` seconds ago (or more) has
+    still not been acknowledged. A heartbeat, written whenever nothing else is, keeps this
+    true of a client that stopped reading or vanished, however quiet its channels."""
+    if client.sock is None:  # no socket to ask (not gunicorn's gevent worker)
+        return False
+    progress = send_progress(client.sock)
+    if progress is None:
+        return False
+    waiting, acked = progress
+    if client.drain_target >= 0 and (not waiting or acked >= client.drain_target):
+        client.drain_target = -1  # drained: a later write starts a new wait
+    if client.drain_target < 0:
+        if waiting:
+            client.drain_target = acked + waiting
+            client.drain_since = now
+        return False
+    return now - client.drain_since >= timeout
 
 
 def shutdown_all() -> None:

@@ -29,8 +29,12 @@ _COUNTERS = {
     "delivered": "Events written to streams live",
     "replayed": "Events written to streams from history",
     "lagged": "Streams cut because their client could not keep up",
+    "timed_out": "Streams cut because their sent data did not drain within SSE_SEND_TIMEOUT",
     "broker_reconnects": "Reconnections to the broker",
 }
+
+#: Why a stream was cut (the ``reason`` label of ``sse_cuts_total``), each also a counter above.
+_CUT_REASONS = ("lagged", "timed_out")
 
 
 def _totals(state: AppState) -> Dict[str, float]:
@@ -67,6 +71,10 @@ def metrics_view() -> Response:
             for key, text in _COUNTERS.items():
                 yield CounterMetricFamily(f"sse_{key}", text, value=totals[key])
             yield GaugeMetricFamily("sse_processes", "Processes counted", value=totals["processes"])
+            cuts = CounterMetricFamily("sse_cuts", "Streams cut, by reason", labels=["reason"])
+            for reason in _CUT_REASONS:
+                cuts.add_metric([reason], totals[reason])
+            yield cuts
 
     registry = CollectorRegistry()
     registry.register(Collector())

@@ -2,23 +2,41 @@
 
 Under WSGI the only sign that a client left is usually a failed write, found at the next
 heartbeat. Under gunicorn's gevent worker we can do better: the connection's socket is in the
-environ, and a read watcher on it sees the client's FIN at once, without a greenlet per stream.
+environ, and a read watcher on it sees the client's FIN (or TLS close_notify) at once, without
+a greenlet per stream. The kernel also tells how much sent data the client has not
+acknowledged yet (``send_progress``), which is how a stalled or half-open client is found, and
+a client cut for that gets a reset (``abort``) that frees its buffers at once.
+
+All of it assumes the connection carries this one response: under HTTP/2 (``http2``) it is
+shared by every stream of a browser, and nothing here touches it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import logging
 import os
 import socket
+import ssl
+import struct
 import sys
-from typing import Any, Callable, Dict, Optional, Set
+import termios
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 __all__ = [
     "gevent_active",
     "raw_socket",
+    "tls_layer",
     "watch_disconnect",
     "unwatch",
     "shutdown",
+    "abort",
+    "limit_send_buffer",
+    "release_free_memory",
+    "send_progress",
+    "http2",
+    "HTTP2_REFUSAL",
     "check_server",
     "sibling_workers",
     "process_name",
@@ -34,23 +52,50 @@ def gevent_active() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
+#: What a stream answers under gunicorn's own HTTP/2, and what the worker logs at startup.
+HTTP2_REFUSAL = (
+    "flask-sse-ext cannot stream over gunicorn's own HTTP/2, which serves the requests of a "
+    "connection one after another: one event stream would hold up every later request of "
+    "that browser. Terminate HTTP/2 at a proxy (nginx: 'listen 443 ssl http2;') that speaks "
+    "HTTP/1.1 to gunicorn, and drop h2 from gunicorn's --http-protocols (and --http2-cleartext)."
+)
+
+
+def http2(environ: Dict[str, Any]) -> bool:
+    """True when the server speaks HTTP/2 on this request's connection (gunicorn 27's own
+    HTTP/2 says ``SERVER_PROTOCOL = "HTTP/2.0"``): the connection is shared."""
+    return str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/2")
+
+
 def raw_socket(environ: Dict[str, Any]) -> Optional[socket.socket]:
-    """The connection's socket under gunicorn's gevent worker, else ``None``.
+    """The connection's socket under gunicorn's gevent worker, else ``None`` (also under
+    HTTP/2, where the connection belongs to every stream of the browser).
 
     gevent's socket wraps a non-blocking ``_socket.socket`` that is not tied to the hub: it can
     be watched, peeked at and shut down from any greenlet without blocking.
     """
-    sock = environ.get("gunicorn.socket")
-    return getattr(sock, "_sock", None) if gevent_active() else None
+    if not gevent_active() or http2(environ):
+        return None
+    return getattr(environ.get("gunicorn.socket"), "_sock", None)
 
 
-def watch_disconnect(sock: socket.socket, on_gone: Callable[..., None], *args: Any) -> Any:
-    """Call ``on_gone(*args)`` as soon as the peer closes ``sock``; returns the watcher, for
-    ``unwatch``. No greenlet and no closure: one libev watcher per connection."""
+def tls_layer(environ: Dict[str, Any]) -> Any:
+    """The TLS layer of the connection when gunicorn serves TLS itself (``--certfile``), else
+    ``None``: the ``_ssl`` object of the connection's ``ssl.SSLSocket``."""
+    return getattr(environ.get("gunicorn.socket"), "_sslobj", None)
+
+
+def watch_disconnect(sock: socket.socket, on_gone: Callable[..., None], *args: Any, tls: Any = None) -> Any:
+    """Call ``on_gone(*args)`` as soon as the peer closes ``sock``: a FIN, or, with ``tls``
+    (from ``tls_layer``), a TLS close_notify. Returns the watcher, for ``unwatch``. No
+    greenlet and no closure: one libev watcher per connection."""
     import gevent
 
     watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
-    watcher.start(_readable, watcher, sock, on_gone, *args)
+    if tls is not None:
+        watcher.start(_readable_tls, watcher, tls, on_gone, *args)
+    else:
+        watcher.start(_readable, watcher, sock, on_gone, *args)
     return watcher
 
 
@@ -63,6 +108,24 @@ def _readable(watcher: Any, sock: socket.socket, on_gone: Callable[..., None], *
         data = b""
     watcher.stop()  # drops the callback and its arguments
     # Bytes from the client belong to the server (a pipelined request): leave them be.
+    if not data:
+        on_gone(*args)
+
+
+def _readable_tls(watcher: Any, tls_object: Any, on_gone: Callable[..., None], *args: Any) -> None:
+    # Under TLS a client that leaves first sends a close_notify alert: bytes, which a peek at the
+    # socket cannot tell from a request (TLS 1.3 hides the record type). The TLS layer can:
+    # reading through it turns close_notify into SSLZeroReturnError, a bare FIN into an
+    # SSLEOFError, and a key update into "want more", with nothing read.
+    try:
+        data = tls_object.read(1)
+    except ssl.SSLWantReadError:
+        return
+    except (ssl.SSLError, OSError):
+        data = b""
+    watcher.stop()
+    # A byte of application data would be a pipelined request, which no browser sends while a
+    # response streams; it is dropped, and the server's next read sees a broken request.
     if not data:
         on_gone(*args)
 
@@ -84,6 +147,70 @@ def shutdown(sock: socket.socket, how: int) -> None:
         sock.shutdown(how)
     except OSError:
         pass
+
+
+def abort(sock: socket.socket) -> None:
+    """Cut ``sock`` so that its close resets the connection: ``SO_LINGER`` (on, 0 s) makes the
+    kernel drop what is still queued for the client and send a RST, instead of holding the
+    data (megabytes for a client that stopped reading) until the client reads it or TCP gives
+    up. The shutdown wakes a write stuck on the client; gunicorn then closes the socket."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    except OSError:
+        pass
+    shutdown(sock, socket.SHUT_RDWR)
+
+
+def limit_send_buffer(sock: socket.socket, size: int) -> None:
+    """Cap the kernel's send buffer of ``sock`` at ``size`` bytes (``SO_SNDBUF``; Linux counts
+    twice that with its bookkeeping). Left alone, Linux grows it up to ``tcp_wmem``'s maximum
+    (4 MB) for a client that stops reading, so a thousand stalled clients would pin gigabytes
+    of kernel memory, and the memory pressure would slow every connection of the machine."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        pass
+
+
+def release_free_memory() -> None:
+    """Give memory the process freed back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Events of kilobytes live outside Python's small-object allocator, and what
+    glibc frees between live blocks stays in the process's RSS until trimmed."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+_OUTQ = bytearray(4)
+#: ``struct tcp_info`` up to ``tcpi_bytes_acked`` (Linux 4.1+), a 64-bit field at offset 120.
+_TCP_INFO_LENGTH = 128
+_TCP_INFO = getattr(socket, "TCP_INFO", 11)
+
+
+def send_progress(sock: socket.socket) -> Optional[Tuple[int, int]]:
+    """``(unacknowledged, acknowledged)``: bytes written to ``sock`` that the client has not
+    acknowledged yet, and bytes it has acknowledged since the connection opened. ``(0, 0)``
+    when nothing waits (one system call); ``None`` where the kernel does not tell (not Linux,
+    or the socket is closed)."""
+    try:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _OUTQ)  # SIOCOUTQ on a TCP socket
+        waiting = int.from_bytes(_OUTQ, sys.byteorder)
+        if not waiting:
+            return 0, 0
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LENGTH)
+    except (OSError, ValueError):
+        return None
+    if len(info) < _TCP_INFO_LENGTH:
+        return None
+    return waiting, struct.unpack_from("Q", info, 120)[0]
 
 
 def _warn_once(key: str, message: str) -> None:

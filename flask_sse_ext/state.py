@@ -77,7 +77,10 @@ class ProcessState:
             with self._lock:
                 hub = self.hub
                 if hub is None:
-                    hub = self.hub = Hub(self.broker, self.stats, self.settings.heartbeat_interval)
+                    settings = self.settings
+                    hub = self.hub = Hub(
+                        self.broker, self.stats, settings.heartbeat_interval, settings.send_timeout
+                    )
                     # With Redis, always: `flask sse stats` reads every server's counters.
                     if self.settings.metrics_path is not None or self.broker.shared:
                         _start_sharing(self)
@@ -94,6 +97,7 @@ class ProcessState:
             "delivered": stats.delivered,
             "replayed": stats.replayed,
             "lagged": stats.lagged,
+            "timed_out": stats.timed_out,
             "broker_reconnects": broker.reconnects,
         }
 

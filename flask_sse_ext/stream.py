@@ -25,8 +25,8 @@ from .brokers.base import (
 )
 from .cursor import decode_compound, encode_compound
 from .event import comment, encode_body, frame, retry_line
-from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, Client, Hub
-from .serving import raw_socket, shutdown, unwatch, watch_disconnect
+from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Hub
+from .serving import limit_send_buffer, raw_socket, shutdown, tls_layer, unwatch, watch_disconnect
 
 __all__ = ["MISSED_EVENT", "REAUTH_EVENT", "HEADERS", "open_stream", "unavailable", "reauth"]
 
@@ -42,7 +42,7 @@ HEADERS = {
 }
 
 _HEARTBEAT = comment()
-_ENDS_AT_ONCE = (LAGGED, GONE, RESYNC, EXPIRED)
+_ENDS_AT_ONCE = (LAGGED, TIMED_OUT, GONE, RESYNC, EXPIRED)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class _Stream:
         "opened",
         "finished",
         "sock",
+        "tls",
         "watcher",
         "released",
         "farewell",
@@ -86,6 +87,8 @@ class _Stream:
         retry: int,
         max_age: Optional[float],
         queue_size: int,
+        queue_bytes: Optional[int],
+        send_buffer: Optional[int],
         environ: Dict[str, Any],
         allowed: Callable[[str], bool],
         on_close: Optional[Callable[[Optional[str]], None]],
@@ -100,7 +103,10 @@ class _Stream:
         self.allowed = allowed
         self.on_close = on_close
         self.sock = raw_socket(environ)
-        self.client = Client(channels, queue_size, self.sock, hub.stats)
+        self.tls = tls_layer(environ) if self.sock is not None else None
+        if self.sock is not None and send_buffer is not None:
+            limit_send_buffer(self.sock, send_buffer)
+        self.client = Client(channels, queue_size, self.sock, hub.stats, queue_bytes)
         self.positions: Dict[str, Position] = {}
         self.single = len(channels) == 1
         self.opened = False
@@ -190,7 +196,7 @@ class _Stream:
             # so a stream cut before its first event resumes every channel from here.
             chunks.append(b"id: " + _current_id(positions).encode() + b"\n\n")
         if self.sock is not None:
-            self.watcher = watch_disconnect(self.sock, client.close, GONE)
+            self.watcher = watch_disconnect(self.sock, client.close, GONE, tls=self.tls)
         if self.max_age is not None:
             client.deadline = time.monotonic() + self.max_age
         return b"".join(chunks)
@@ -272,13 +278,17 @@ def open_stream(
     max_age: Optional[float],
     queue_size: int,
     environ: Dict[str, Any],
+    queue_bytes: Optional[int] = None,
+    send_buffer: Optional[int] = None,
     allowed: Callable[[str], bool] = lambda channel: True,
     on_close: Optional[Callable[[Optional[str]], None]] = None,
     farewell: Optional[bytes] = None,
 ) -> Response:
     """The streaming response for ``channels`` (sorted, unique), resuming after ``cursor``.
 
-    Nothing is subscribed until the server starts sending the body. ``allowed`` is asked again
+    Nothing is subscribed until the server starts sending the body. A client whose queue holds
+    ``queue_size`` events, or ``queue_bytes`` bytes, is cut; ``send_buffer`` caps the kernel's
+    send buffer of the connection. ``allowed`` is asked again
     before a channel's history is replayed; ``on_close`` runs once when the stream ends (or is
     dropped unsent), with the reason it was cut, or ``None``. ``farewell`` is sent last when
     the stream ends at ``max_age``.
@@ -291,6 +301,8 @@ def open_stream(
         retry=retry,
         max_age=max_age,
         queue_size=queue_size,
+        queue_bytes=queue_bytes,
+        send_buffer=send_buffer,
         environ=environ,
         allowed=allowed,
         on_close=on_close,

@@ -193,6 +193,7 @@ ZERO = {
     "replayed": 0,
     "lagged": 0,
     "broker_reconnects": 0,
+    "timed_out": 0,
 }
 
 

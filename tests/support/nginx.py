@@ -6,7 +6,9 @@ pid file, logs and temp paths in a directory of its own, so it never touches /et
 is live because the app sends ``X-Accel-Buffering: no``.
 
 ``NginxServer(port, site=DOCS_SITE)`` runs docs/nginx.conf as it is (HTTP/1.1 to gunicorn,
-``X-Forwarded-*``), with only its upstream and listen addresses changed. Without ``site``:
+``X-Forwarded-*``), with only its upstream and listen addresses changed; ``site=H2_SITE,
+tls=(cert, key)`` runs docs/nginx-http2.conf (HTTP/2 over TLS) with the test's certificate.
+Without ``site``:
 
 - ``/``: nginx's own defaults (HTTP/1.0 to gunicorn, ``proxy_buffering on``), as in a bare
   ``proxy_pass`` someone else configured.
@@ -32,13 +34,13 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Tuple
 
 from support.paths import ROOT
 from support.ports import free_port
 from support.waiting import wait_until
 
-__all__ = ["DOCS_SITE", "NginxServer", "StartNginx"]
+__all__ = ["DOCS_SITE", "H2_SITE", "NginxServer", "StartNginx"]
 
 NGINX = "/usr/sbin/nginx"
 
@@ -94,13 +96,21 @@ SITE = """\
 #: The documented site config; NginxServer(..., site=DOCS_SITE) runs it as it is, with only
 #: its upstream address and listen port changed.
 DOCS_SITE = ROOT / "docs" / "nginx.conf"
+#: The documented HTTP/2 site config (``listen 443 ssl http2``); run it with ``tls=``.
+H2_SITE = ROOT / "docs" / "nginx-http2.conf"
 
 
 class NginxServer:
     """nginx on a free loopback port, proxying to ``127.0.0.1:upstream_port``: the test
     locations above, or the server blocks of ``site`` (a file such as ``DOCS_SITE``)."""
 
-    def __init__(self, upstream_port: int, site: Optional[Path] = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        site: Optional[Path] = None,
+        timeout: float = 10.0,
+        tls: Optional[Tuple[Path, Path]] = None,
+    ) -> None:
         if not os.access(NGINX, os.X_OK):
             raise RuntimeError(f"{NGINX} is missing: apt-get install nginx")
         self.upstream_port = upstream_port
@@ -117,7 +127,7 @@ class NginxServer:
         if site is None:
             site_text = SITE.format(port=self.port, upstream_port=upstream_port)
         else:
-            site_text = _adapt_site(site.read_text(), self.port, upstream_port)
+            site_text = _adapt_site(site.read_text(), self.port, upstream_port, tls)
         self.config.write_text(CONFIG.format(user=user, dir=self.dir, site=site_text))
         self.stderr_path = self.dir / "stderr.log"
         error_log = str(self.dir / "error.log")
@@ -162,17 +172,21 @@ class NginxServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _adapt_site(text: str, port: int, upstream_port: int) -> str:
-    """A site file with its upstream and listen address pointed at the test's ports."""
+def _adapt_site(text: str, port: int, upstream_port: int, tls: Optional[Tuple[Path, Path]] = None) -> str:
+    """A site file with its upstream and listen address pointed at the test's ports (and, with
+    ``tls``, its certificate and key at the test's)."""
     replaced = []
     for pattern, new in [
         (r"^(\s*server\s+)127\.0\.0\.1:8000;", rf"\g<1>127.0.0.1:{upstream_port};"),
-        (r"^(\s*listen\s+)80;", rf"\g<1>127.0.0.1:{port};"),
+        (r"^(\s*listen\s+)(?:80|443)\b", rf"\g<1>127.0.0.1:{port}"),
     ]:
         text, count = re.subn(pattern, new, text, flags=re.M)
         replaced.append(count)
     if replaced != [1, 1]:
-        raise ValueError("a site file needs one 'server 127.0.0.1:8000;' and one 'listen 80;'")
+        raise ValueError("a site file needs one 'server 127.0.0.1:8000;' and one 'listen 80' or 'listen 443'")
+    if tls is not None:
+        for name, path in zip(("ssl_certificate", "ssl_certificate_key"), tls):
+            text = re.sub(rf"^(\s*{name}\s+)\S+;", rf"\g<1>{path};", text, flags=re.M)
     return text
 
 
