@@ -15,7 +15,8 @@ from flask import Response, current_app, request
 
 from .auth import AuthError, Identity, identify, private_channel_allowed
 from .brokers.base import UNKNOWN, BrokerError, Unknown
-from .config import validate_channel
+from .compression import GzipEncoder, accepts_gzip
+from .config import Settings, validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
 from .serving import HTTP2_REFUSAL, check_server, http2, warn_memory_broker
 from .signals import stream_closed, stream_opened
@@ -139,6 +140,7 @@ def stream_view() -> Response:
         return _refusal(_Refused(505, HTTP2_REFUSAL), cors)
     try:
         channels = _channels(state)
+        delivery = _delivery(state)
         identity = _identity(state, channels)
         _authorize(state, identity, channels)
         handle = _acquire(state, identity)
@@ -147,12 +149,14 @@ def stream_view() -> Response:
     except BrokerError as exc:
         return _unavailable(state, exc)
     try:
-        response = _open(state, identity, channels, handle)
+        response = _open(state, identity, channels, handle, delivery)
     except BaseException:
         if handle is not None:
             state.limiter.release(handle)
         raise
     response.headers.update(cors)
+    if state.settings.compression:
+        response.vary.add("Accept-Encoding")  # after the CORS headers, which set Vary too
     return response
 
 
@@ -186,6 +190,12 @@ def _cursor() -> Union[str, Unknown, None]:
     return cursor
 
 
+def _encoder(settings: Settings) -> Optional[GzipEncoder]:
+    if settings.compression and accepts_gzip(request.headers.get("Accept-Encoding")):
+        return GzipEncoder(settings.compression_min_bytes)
+    return None
+
+
 class _Grant:
     """What an open stream was granted: its channels, its identity's rules, its connection
     slot (released when it closes)."""
@@ -210,8 +220,34 @@ class _Grant:
         stream_closed.send(self.app, channels=self.channels, identity=self.identity, reason=reason)
 
 
+def _delivery(state: AppState) -> Tuple[Optional[float], Optional[float]]:
+    """``(max_rate, poll)`` from ``?max_rate=`` and ``?poll=`` (docs/compression.md)."""
+    settings = state.settings
+    max_rate = None
+    text = request.args.get("max_rate")
+    if text is not None:
+        try:
+            max_rate = float(text)
+        except ValueError:
+            max_rate = -1.0
+        if not settings.max_rate_floor <= max_rate < float("inf"):
+            raise _Refused(
+                400,
+                f"max_rate must be a number of writes per second of at least "
+                f"{settings.max_rate_floor:g} (SSE_MAX_RATE_FLOOR), got {text!r}",
+            )
+    poll = request.args.get("poll")
+    if poll not in (None, "0", "1"):
+        raise _Refused(400, f"poll must be 1 (a long poll) or 0 (a stream), got {poll!r}")
+    return max_rate, settings.poll_timeout if poll == "1" else None
+
+
 def _open(
-    state: AppState, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
+    state: AppState,
+    identity: Optional[Identity],
+    channels: Tuple[str, ...],
+    handle: object,
+    delivery: Tuple[Optional[float], Optional[float]],
 ) -> Response:
     settings = state.settings
     cursor = _cursor()
@@ -242,6 +278,9 @@ def _open(
         allowed=grant.allowed,
         on_close=grant.closed,
         farewell=farewell,
+        encoder=_encoder(settings),
+        max_rate=delivery[0],
+        poll=delivery[1],
     )
     stream_opened.send(grant.app, channels=channels, identity=identity)
     return response
