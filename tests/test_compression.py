@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
+from flask_sse_ext import SSE
 from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.compression import GzipEncoder, accepts_gzip, deflate_piece, stored_piece
 from support.app import create_app
@@ -26,8 +27,6 @@ from support.nginx import DOCS_SITE, StartNginx
 from support.paths import TESTS
 from support.server import Server, start_gunicorn
 from support.waiting import wait_until
-
-from flask_sse_ext import SSE
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -50,7 +49,9 @@ def gunzip(data: bytes) -> bytes:
 
 
 def test_pieces_concatenate_into_one_valid_gzip_stream() -> None:
-    events = [message(i, b"data: " + json.dumps({"n": i, "pad": "x" * 500}).encode() + b"\n") for i in range(5)]
+    events = [
+        message(i, b"data: " + json.dumps({"n": i, "pad": "x" * 500}).encode() + b"\n") for i in range(5)
+    ]
     encoder = GzipEncoder(min_bytes=64)
     wire = [encoder.raw(b"retry: 3000\n")]
     wire += [encoder.frame(event) for event in events[:3]]
@@ -87,7 +88,10 @@ def test_each_event_is_compressed_once_for_every_stream() -> None:
 
 def test_small_frames_are_stored_not_compressed() -> None:
     data = b"data: hi\nid: 1\n\n"
-    assert stored_piece(data) == b"\x00" + len(data).to_bytes(2, "little") + (len(data) ^ 0xFFFF).to_bytes(2, "little") + data
+    assert (
+        stored_piece(data)
+        == b"\x00" + len(data).to_bytes(2, "little") + (len(data) ^ 0xFFFF).to_bytes(2, "little") + data
+    )
     encoder = GzipEncoder(min_bytes=256)
     event = message(1, b"data: hi\n")
     assert encoder.frame(event).endswith(stored_piece(event.frame))
@@ -201,16 +205,22 @@ def test_clients_read_a_gzip_stream_event_by_event_without_delay(
     readers = {
         "curl": _Reader(["curl", "-sN", "--compressed", "-D", str(headers), url], json_lines=False),
         "httpx-sse": _Reader(["python", "-m", "support.readers.httpx_sse_reader", url], json_lines=True),
-        "eventsource": _Reader(["node", "read_eventsource.mjs", url, "[]"], json_lines=True, cwd=str(NODE_DIR)),
+        "eventsource": _Reader(
+            ["node", "read_eventsource.mjs", url, "[]"], json_lines=True, cwd=str(NODE_DIR)
+        ),
     }
     try:
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("window.ready === true")
         page.evaluate(_OPEN_IN_PAGE, url)
-        wait_until(lambda: gzip_server.stats()["streams"] >= before + 4, timeout=15, message="four streams open")
+        wait_until(
+            lambda: gzip_server.stats()["streams"] >= before + 4, timeout=15, message="four streams open"
+        )
         published = []
         for n in range(6):
-            data = json.dumps({"n": n, "rows": [{"id": i, "name": f"row {i}", "ok": True} for i in range(60)]})
+            data = json.dumps(
+                {"n": n, "rows": [{"id": i, "name": f"row {i}", "ok": True} for i in range(60)]}
+            )
             at = time.time()
             gzip_server.publish(data=data, channel=channel)
             published.append((data, at))
@@ -224,7 +234,9 @@ def test_clients_read_a_gzip_stream_event_by_event_without_delay(
         got = wait_until(
             lambda: (lambda g: g if all(len(v) >= len(published) for v in g.values()) else None)(arrivals()),
             timeout=10,
-            message=lambda: f"every client gets every event: {({k: len(v) for k, v in arrivals().items()})}",
+            message=lambda: (
+                f"every client gets every event: { ({k: len(v) for k, v in arrivals().items()}) }"
+            ),
         )
         for name, events in got.items():
             assert [data for data, _ in events] == [data for data, _ in published], name
