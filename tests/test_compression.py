@@ -133,12 +133,12 @@ def test_headers_say_gzip_and_vary_only_when_accepted() -> None:
         assert "Accept-Encoding" in response.headers["Vary"]
         assert "Content-Length" not in response.headers
         assert response.headers["X-Accel-Buffering"] == "no"
-        opening = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(next(response.response))
+        opening = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(next(iter(response.iter_encoded())))
         assert opening == b"retry: 3000\n"
     with client.get("/stream", buffered=False) as response:
         assert "Content-Encoding" not in response.headers
         assert "Accept-Encoding" in response.headers["Vary"]
-        assert next(response.response) == b"retry: 3000\n"
+        assert next(iter(response.iter_encoded())) == b"retry: 3000\n"
     off = create_app({}, sse=SSE()).test_client()
     with off.get("/stream", headers={"Accept-Encoding": "gzip"}, buffered=False) as response:
         assert "Content-Encoding" not in response.headers
