@@ -8,16 +8,18 @@ the CORS headers that let a cross-origin page read it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Dict, List, Optional, Tuple, Union
 
 from flask import Response, current_app, request
 
 from .auth import AuthError, Identity, identify, private_channel_allowed
-from .brokers.base import UNKNOWN, BrokerError, Unknown
+from .brokers.base import UNKNOWN, BrokerError, Unknown, format_position
 from .compression import GzipEncoder, accepts_gzip
 from .config import Settings, validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
+from .cursor import encode_compound
 from .serving import HTTP2_REFUSAL, check_server, http2, warn_memory_broker
 from .signals import stream_closed, stream_opened
 from .state import AppState, get_state
@@ -27,6 +29,9 @@ from .tickets import TicketRefused, redeem_ticket
 __all__ = ["stream_view"]
 
 logger = logging.getLogger(__name__)
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]{16,64}")
 
 
 class _Refused(Exception):
@@ -236,6 +241,9 @@ def _delivery(state: AppState) -> Tuple[Optional[float], Optional[float]]:
                 f"max_rate must be a number of writes per second of at least "
                 f"{settings.max_rate_floor:g} (SSE_MAX_RATE_FLOOR), got {text!r}",
             )
+    opening = request.args.get("opening")
+    if opening is not None and _TOKEN.fullmatch(opening) is None:
+        raise _Refused(400, "opening must be 16 to 64 letters, digits, - or _ (a random token)")
     poll = request.args.get("poll")
     if poll not in (None, "0", "1"):
         raise _Refused(400, f"poll must be 1 (a long poll) or 0 (a stream), got {poll!r}")
@@ -251,6 +259,9 @@ def _open(
 ) -> Response:
     settings = state.settings
     cursor = _cursor()
+    opening = request.args.get("opening")
+    if cursor is None and opening is not None:
+        cursor = _opening(state, channels, opening, delivery[1] is not None)
     environ = request.environ
     check_server(environ)
     if not state.broker.shared:
@@ -284,3 +295,28 @@ def _open(
     )
     stream_opened.send(grant.app, channels=channels, identity=identity)
     return response
+
+
+#: How long the broker keeps where a stream with ``?opening=`` started.
+OPENING_TTL = 300
+
+
+def _opening(state: AppState, channels: Tuple[str, ...], token: str, poll: bool) -> Optional[str]:
+    """``?opening=<token>`` without a cursor. A stream starts after the channels' newest
+    events and keeps that cursor in the broker under ``token``: a proxy that holds the
+    stream back holds its ids too, and the client's first poll (with the same token and
+    still no cursor) resumes from where the stream started, so nothing published meanwhile
+    is lost. A poll reads the cursor back (``None`` if unknown: it starts from now), and so
+    does a stream that opens again with the token."""
+    log = f"opening:{':'.join(channels)}:{token}"
+    try:
+        if not poll:
+            heads = [state.broker.replay(channel, None).head for channel in channels]
+            cursor = format_position(heads[0]) if len(heads) == 1 else encode_compound(heads)
+            if state.broker.log_create(log, {"kind": "opening", "cursor": cursor}, OPENING_TTL):
+                return cursor
+        # A poll, or a stream opened again before its client had any id: from the first start.
+        meta = state.broker.log_meta(log)
+    except BrokerError:
+        return None  # the stream reports the broker's state itself
+    return None if meta is None else meta.get("cursor")

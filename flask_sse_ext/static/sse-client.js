@@ -146,6 +146,10 @@ export function connect(url, options = {}) {
   const { method = "GET", headers = {}, body, credentials = "same-origin", signal } = options;
   const { onEvent, onOpen, onError, retry = 1000, maxRetry = 30000 } = options;
   const { getCredential, onId, pollAfter = 4000, streamAgainAfter = 60000 } = options;
+  // `opening` names, to the server, where this client's first stream started (it has no
+  // cursor yet): a proxy that holds that stream back holds its ids too, and the first poll
+  // resumes from there with the same token.
+  const opening = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
   let reason = "open", reauth = false, pollingSince = 0;
   const abort = new AbortController();
   let base = retry, attempts = 0, timer, wake, resolveClosed;
@@ -188,9 +192,10 @@ export function connect(url, options = {}) {
     const canPoll = pollAfter > 0 && !conn.resumeUrl && method.toUpperCase() === "GET" && body == null;
     if (conn.polling && Date.now() - pollingSince > streamAgainAfter) conn.polling = false;
     const polling = canPoll && conn.polling;
-    if (polling) {
+    if (canPoll && (polling || !conn.lastEventId)) {
       const pollUrl = new URL(dest, globalThis.location?.href);
-      pollUrl.searchParams.set("poll", "1");
+      if (polling) pollUrl.searchParams.set("poll", "1");
+      if (!conn.lastEventId) pollUrl.searchParams.set("opening", opening);
       dest = pollUrl.href;
     }
     const target = getCredential ? await withCredential(dest, sent, getCredential, reason) : dest;
