@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -62,12 +63,23 @@ def worker_counters(pid: int) -> Tuple[float, int]:
     return cpu, rss
 
 
-def payload(size: int) -> str:
-    """About ``size`` bytes of JSON, as an app's dashboard rows look (repetitive keys)."""
-    rows, text = [], "[]"
+def payload(size: int, seed: int = 0) -> str:
+    """About ``size`` bytes of JSON, as an app's dashboard rows look: the same keys and hosts
+    in every event, values that change from one event to the next."""
+    rng = random.Random(seed)
+    rows: List[Dict[str, Any]] = []
+    text = "[]"
     while len(text) < size:
         n = len(rows)
-        rows.append({"id": n, "host": f"web-{n % 7}", "cpu": round(12.5 + n * 0.37, 2), "ok": n % 3 != 0})
+        rows.append(
+            {
+                "id": n,
+                "host": f"web-{n % 7}",
+                "cpu": round(rng.uniform(0, 100), 2),
+                "rss_mb": rng.randint(100, 4000),
+                "ok": rng.random() > 0.1,
+            }
+        )
         text = json.dumps(rows)
     return text
 
@@ -101,7 +113,8 @@ def run_mode(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         time.sleep(1)  # let the worker settle after the connection storm
         cpu0, _ = worker_counters(pid)
         schedule = [[i / args.rate, "bench", i] for i in range(count)]
-        http(port, "POST", "/series", {"schedule": schedule, "pad": payload(args.size)})
+        pads = [payload(args.size, seed) for seed in range(count)]  # every event its own values
+        http(port, "POST", "/series", {"schedule": schedule, "pad": pads[0], "pads": pads})
         http(port, "GET", "/series")
         loadgen.stdin.write("done\n")
         loadgen.stdin.flush()

@@ -21,9 +21,10 @@ from flask_sse_ext import SSE
 from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.compression import GzipEncoder, accepts_gzip, deflate_piece, stored_piece
 from support.app import create_app
-from support.client import request
+from support.client import RawStream, request
 from support.matrix import NODE_DIR, install_node_clients
 from support.nginx import DOCS_SITE, StartNginx
+from support.parser import ParsedEvent, SSEParser
 from support.paths import TESTS
 from support.server import Server, start_gunicorn
 from support.waiting import wait_until
@@ -33,7 +34,12 @@ if TYPE_CHECKING:
 
 #: The time an event may take from publish to a client (the issue's bound).
 DELAY = 0.05
-CONFIG = {"SSE_COMPRESSION": True, "SSE_COMPRESSION_MIN_BYTES": 64, "SSE_HEARTBEAT_INTERVAL": 1}
+CONFIG = {
+    "SSE_COMPRESSION": True,
+    "SSE_COMPRESSION_MIN_BYTES": 64,
+    "SSE_HEARTBEAT_INTERVAL": 1,
+    "SSE_POLL_TIMEOUT": 1,
+}
 APP = "support.app:served(record_requests=True)"
 
 
@@ -249,3 +255,25 @@ def test_clients_read_a_gzip_stream_event_by_event_without_delay(
     status, recorded = request(gzip_server.port, "GET", "/requests?path=/stream")
     mine = [r for r in recorded if f"channel={channel}" in r["query"]]
     assert len(mine) == 4 and all(accepts_gzip(r["accept_encoding"]) for r in mine), mine
+
+
+def test_a_multi_channel_poll_is_one_valid_gzip_body_with_its_trailer(gzip_server: Server) -> None:
+    """The trailer's CRC-32 and length cover every piece: shared bodies, per-stream ids."""
+    query = "/stream?channel=gz-a&channel=gz-b&poll=1"
+    gzip_server.publish(data="before", channel="gz-a")
+    empty = RawStream(gzip_server.port, query, headers={"Accept-Encoding": "gzip"})  # waits, then the cursor
+    assert empty.headers["content-encoding"] == "gzip"
+    cursor = gunzip(empty.body()).rsplit(b"id: ", 1)[1].split(b"\n")[0].decode()
+    gzip_server.publish(data="a" * 300, channel="gz-a")
+    b = gzip_server.publish(data="b" * 300, channel="gz-b", conflate="k")
+
+    def poll_after(cursor: str) -> List[ParsedEvent]:
+        answer = RawStream(
+            gzip_server.port, query, headers={"Accept-Encoding": "gzip", "Last-Event-ID": cursor}
+        )
+        return SSEParser().feed(gunzip(answer.body()))  # gunzip checks the CRC and the length
+
+    events = poll_after(cursor)
+    assert [e.data for e in events] == ["a" * 300, "b" * 300]
+    assert events[1].last_event_id != b  # a compound cursor of both channels, made per stream
+    assert [e.data for e in poll_after(events[0].last_event_id)] == ["b" * 300]

@@ -175,6 +175,8 @@ def test_a_poll_resumes_where_a_held_stream_with_the_same_opening_token_started(
     assert events_of(other.body()) == []
 
 
-@pytest.mark.parametrize("token", ["short", "x" * 65, "has%20space%20in%20it%21%21%21", "../../../etc/passwd/xx"])
+@pytest.mark.parametrize(
+    "token", ["short", "x" * 65, "has%20space%20in%20it%21%21%21", "../../../etc/passwd/xx"]
+)
 def test_a_bad_opening_token_is_refused(poll_server: Server, token: str) -> None:
     assert poll(poll_server, f"channel=p8&opening={token}").status == 400
