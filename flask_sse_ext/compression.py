@@ -109,7 +109,8 @@ class GzipEncoder:
         if piece is None:
             piece = deflate_piece(data, self.level) if len(data) >= self.min_bytes else stored_piece(data)
             message.gzip = piece
-        return self._head() + piece
+        # The shared piece itself, not a copy, once the header is out (the opening chunk).
+        return piece if self.started else self._head() + piece
 
     def body(self, message: Message, event_id: str) -> bytes:
         """``message``'s body (compressed once, shared) and this stream's own ``id:`` line
