@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from flask import Response, copy_current_request_context, has_request_context
 
 from .event import Event, comment, encode_body, retry_line
-from .serving import gevent_active, raw_socket, unwatch, watch_disconnect
+from .serving import gevent_active, raw_socket, tls_layer, unwatch, watch_disconnect
 
 __all__ = ["END_EVENT", "ERROR_EVENT", "direct_response"]
 
@@ -69,7 +69,7 @@ class _DirectStream:
         else:
             threading.Thread(target=produce, name="sse-direct-producer", daemon=True).start()
         sock = raw_socket(environ)
-        self.watcher = None if sock is None else watch_disconnect(sock, self._gone)
+        self.watcher = None if sock is None else watch_disconnect(sock, self._gone, tls=tls_layer(environ))
 
     def _gone(self) -> None:
         self.stopped.set()

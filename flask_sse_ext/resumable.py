@@ -35,7 +35,7 @@ from .direct import ERROR_EVENT
 from .event import comment, encode_body, frame, retry_line
 from .jobs import ANSWER_LOG, event_id, job_log, parse_event_id
 from .producer import start_answer
-from .serving import check_server, raw_socket, unwatch, watch_disconnect
+from .serving import check_server, raw_socket, tls_layer, unwatch, watch_disconnect
 from .state import AppState, get_state
 from .stream import HEADERS
 
@@ -119,7 +119,7 @@ class _LogStream:
         # Past SSE_MAX_CONNECTION_AGE the response ends; the client resumes where it was.
         self.deadline = None if max_age is None else self.last_write + max_age
         sock = raw_socket(environ)
-        self.watcher = None if sock is None else watch_disconnect(sock, self._gone)
+        self.watcher = None if sock is None else watch_disconnect(sock, self._gone, tls=tls_layer(environ))
 
     def _gone(self) -> None:
         self.gone = True
