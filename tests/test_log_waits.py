@@ -7,10 +7,14 @@ import json
 import threading
 from typing import List
 
+from flask_sse_ext import BrokerError
+from flask_sse_ext.brokers.base import LogEntry
+from flask_sse_ext.brokers.redis import RedisBroker
 from support.client import RawStream, request
 from support.parser import ParsedEvent
 from support.redis import RedisServer
 from support.server import StartServer
+from support.waiting import wait_until
 
 
 def test_many_resumable_readers_on_one_worker_hold_few_redis_connections(
@@ -58,3 +62,48 @@ def test_many_resumable_readers_on_one_worker_hold_few_redis_connections(
     # the log readers and a connection for interrupting it: whatever the number of readers.
     print(f"peak Redis connections of the worker with {readers} readers: {max(peak)}")
     assert len(peak) > 10 and max(peak) <= 8
+
+
+def test_a_node_that_fails_loses_its_blocking_connections(own_redis: RedisServer, prefix: str) -> None:
+    """A waiting reader learns at once that its node failed (a ``BrokerError``, so its client
+    reconnects), the node's pool is closed, and once Redis is back readers wait again."""
+    broker = RedisBroker.from_url(own_redis.url, prefix=prefix)
+    try:
+        broker.log_create("j.fail", {"kind": "job"}, ttl=60)
+        failed: List[BaseException] = []
+
+        def read() -> None:
+            try:
+                broker.log_read("j.fail", (0, 0), timeout=30)
+            except BrokerError as exc:
+                failed.append(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        wait_until(lambda: _blocked_in_xread(own_redis, prefix), timeout=5, message="the reader never waited")
+        assert broker.log_waits.nodes == {f"127.0.0.1:{own_redis.port}"}
+        own_redis.stop()
+        reader.join(5)
+        assert not reader.is_alive() and failed  # not after its 30 s
+        assert broker.log_waits.nodes == frozenset()
+
+        own_redis.start()
+        got: List[LogEntry] = []
+        again = threading.Thread(
+            target=lambda: got.extend(wait_until(lambda: broker.log_read("j.fail", (0, 0), timeout=5)) or []),
+            daemon=True,
+        )
+        again.start()
+        wait_until(lambda: _blocked_in_xread(own_redis, prefix), timeout=10, message="no reader waits again")
+        broker.log_append("j.fail", b"data: back\n", ttl=60)
+        again.join(5)
+        assert [e.body for e in got] == [b"data: back\n"]
+    finally:
+        broker.close()
+
+
+def _blocked_in_xread(redis_server: RedisServer, prefix: str) -> bool:
+    clients = redis_server.client_list()
+    return any(
+        c["name"].startswith(prefix + ":") and c["cmd"] == "xread" and "b" in c["flags"] for c in clients
+    )

@@ -237,6 +237,14 @@ class LogWaits:
             group.watches.clear()
             self._streams(group)
 
+    @property
+    def nodes(self) -> FrozenSet[str]:
+        """The nodes (``host:port``) this broker holds blocking connections to: those with
+        watched logs. A node whose blocking read failed (it left, a failover) is dropped, and
+        its connections closed."""
+        with self._lock:
+            return frozenset(self._pools)
+
     def close(self) -> None:
         """End every blocking read and close the pools."""
         with self._lock:

@@ -75,7 +75,8 @@ class RedisLogs:
         self._create = _script(_CREATE)
         self._append = _script(_APPEND)
         self._signal = _script(_SIGNAL)
-        self._waits = LogWaits(self.topology)  # set before: ``topology``
+        #: The blocking reads that readers wait on (``RedisBroker`` sets ``topology`` first).
+        self.log_waits = LogWaits(self.topology)
 
     def _keys(self, log: str) -> List[str]:
         base = f"{self.prefix}:log:{{{log}}}"
@@ -118,7 +119,7 @@ class RedisLogs:
             # A first read of its own: a reader that is behind (a replay) does not wait.
             raw = self._read(stream_key, after)
             while not raw and time.monotonic() < deadline:
-                watch, event, ready = self._waits.watch(stream_key, after)
+                watch, event, ready = self.log_waits.watch(stream_key, after)
                 try:
                     if ready is None:  # the blocking read covers what comes after ``after``
                         event.wait(max(0.0, deadline - time.monotonic()))
@@ -127,7 +128,7 @@ class RedisLogs:
                         if watch.base == after:
                             ready = watch.batch
                 finally:
-                    self._waits.release(watch)
+                    self.log_waits.release(watch)
                 # Behind the blocking read, or timed out (a race may have kept the log out of
                 # it): read on by itself.
                 raw = ready or self._read(stream_key, after)
@@ -163,4 +164,4 @@ class RedisLogs:
 
     def close_logs(self) -> None:
         """End the blocking reads and close their connections."""
-        self._waits.close()
+        self.log_waits.close()
