@@ -181,7 +181,7 @@ class LogWaits:
                     return
                 finally:
                     group.blocked_on = None
-                self._hand_over(group, reply)
+                self._hand_over(group, streams, reply)
         except _Ended:
             return
         finally:
@@ -211,18 +211,22 @@ class LogWaits:
             raise _Ended from None
         return client
 
-    def _hand_over(self, group: _Group, reply: Any) -> None:
+    def _hand_over(self, group: _Group, streams: Dict[str, str], reply: Any) -> None:
+        """Give each watch the entries the read got, after the position it was read from (a
+        reader may have moved the watch on meanwhile: then the batch is nobody's, and a reader
+        reads by itself)."""
         if isinstance(reply, dict):  # RESP3: {key: [entries]}
             reply = [(key, value[0]) for key, value in reply.items() if value]
         with self._lock:
             for key, entries in reply or ():
-                watch = group.watches.get(_text(key))
+                name = _text(key)
+                watch = group.watches.get(name)
                 if watch is None or not entries:
                     continue
                 last = parse_position(_text(entries[-1][0]))
                 if last is None or last <= watch.after:
                     continue
-                watch.base, watch.batch, watch.after = watch.after, entries, last
+                watch.base, watch.batch, watch.after = parse_position(streams[name]), entries, last
                 event, watch.event = watch.event, threading.Event()
                 event.set()
 
