@@ -4,15 +4,19 @@ workers, not with readers (``brokers/redis/log_waits.py``)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
-from typing import List
+import time
+from typing import Dict, List
+
+import pytest
 
 from flask_sse_ext import BrokerError
 from flask_sse_ext.brokers.base import LogEntry
-from flask_sse_ext.brokers.redis import RedisBroker
+from flask_sse_ext.brokers.redis import RedisBroker, log_waits
 from support.client import RawStream, request
 from support.parser import ParsedEvent
-from support.redis import RedisServer
+from support.redis import RedisCluster, RedisServer
 from support.server import StartServer
 from support.waiting import wait_until
 
@@ -107,3 +111,49 @@ def _blocked_in_xread(redis_server: RedisServer, prefix: str) -> bool:
     return any(
         c["name"].startswith(prefix + ":") and c["cmd"] == "xread" and "b" in c["flags"] for c in clients
     )
+
+
+def test_cluster_readers_beyond_the_slot_connections_still_get_every_entry(
+    redis_cluster: RedisCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a cluster each log is its own hash slot, and a node gets at most SLOT_CONNECTIONS
+    blocking reads per worker: readers of further slots find their entries by their own read
+    when their wait times out, and nothing is lost."""
+    monkeypatch.setattr(log_waits, "SLOT_CONNECTIONS", 1)
+    broker = RedisBroker.from_url(redis_cluster.url, cluster=True, prefix=prefix)
+    logs, entries = [f"j.slots{i}" for i in range(8)], 5
+    got: Dict[str, List[bytes]] = {log: [] for log in logs}
+    blocked: List[int] = []
+
+    def read(log: str) -> None:
+        after = (0, 0)
+        while len(got[log]) < entries:
+            for entry in broker.log_read(log, after, timeout=1.0) or []:
+                got[log].append(entry.body)
+                after = entry.position
+
+    try:
+        for log in logs:
+            broker.log_create(log, {"kind": "job"}, ttl=60)
+        readers = [threading.Thread(target=read, args=(log,), daemon=True) for log in logs]
+        for reader in readers:
+            reader.start()
+        for n in range(entries):
+            time.sleep(0.1)
+            for log in logs:
+                broker.log_append(log, b"data: %d\n" % n, ttl=60)
+            blocked.append(max(_blocked_per_node(redis_cluster, prefix)))
+        for reader in readers:
+            reader.join(5)
+        assert got == {log: [b"data: %d\n" % n for n in range(entries)] for log in logs}
+        assert max(blocked) == 1  # one blocking read per node, though 8 slots have readers
+    finally:
+        broker.close()
+
+
+def _blocked_per_node(cluster: RedisCluster, prefix: str) -> List[int]:
+    name = f"{prefix}:{os.getpid()}"
+    return [
+        sum(1 for c in node.client_list() if c["name"] == name and c["cmd"] == "xread" and "b" in c["flags"])
+        for node in cluster.nodes
+    ]
