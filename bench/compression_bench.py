@@ -141,7 +141,9 @@ def run_mode(name: str, args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -156,9 +158,16 @@ def main() -> None:
             runs[name].append(run_mode(name, args))
     # Per mode, the round with the median CPU per delivery (the machine is shared: noisy).
     rows = [sorted(r, key=lambda row: row["cpu_us_per_delivery"])[len(r) // 2] for r in runs.values()]
-    print("CPU us/delivery of every round:", {name: [round(r["cpu_us_per_delivery"], 1) for r in rs] for name, rs in runs.items()})
-    print(f"{args.clients} clients, {args.rate:g} events/s for {args.seconds:g} s, {len(payload(args.size))} B JSON")
-    print(f"{'mode':16} {'delivered':>10} {'B/delivery':>11} {'CPU us/delivery':>16} {'RSS MB':>7} {'p50 ms':>7} {'p99 ms':>7}")
+    print(
+        "CPU us/delivery of every round:",
+        {name: [round(r["cpu_us_per_delivery"], 1) for r in rs] for name, rs in runs.items()},
+    )
+    print(
+        f"{args.clients} clients, {args.rate:g} events/s for {args.seconds:g} s, {len(payload(args.size))} B JSON"
+    )
+    print(
+        f"{'mode':16} {'delivered':>10} {'B/delivery':>11} {'CPU us/delivery':>16} {'RSS MB':>7} {'p50 ms':>7} {'p99 ms':>7}"
+    )
     for row in rows:
         print(
             f"{row['mode']:16} {row['delivered']:>6}/{row['expected']:<5} {row['bytes_per_delivery']:>9.0f} "

@@ -26,7 +26,7 @@ from .brokers.base import (
 from .compression import COMPRESSED_HEADERS, GzipEncoder
 from .conflation import conflate
 from .cursor import decode_compound, encode_compound
-from .event import comment, encode_body, frame, retry_line
+from .event import comment, cursor_comment, encode_body, frame, retry_line
 from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Hub
 from .serving import limit_send_buffer, raw_socket, shutdown, tls_layer, unwatch, watch_disconnect
 
@@ -226,10 +226,10 @@ class _Stream:
         for channel, replay in zip(channels, replays):
             positions[channel] = replay.head
         if multi or (self.poll is not None and not merged):
-            # An id alone, no event: the client's Last-Event-ID is now this stream's cursor,
-            # so a stream cut before its first event (or a poll that ends with none) resumes
-            # every channel from here.
-            chunks.append(raw(b"id: " + _current_id(positions).encode() + b"\n\n"))
+            # The cursor as a comment: sse-client.js resumes a stream cut before its first
+            # event (or a poll that ends with none) from here on every channel; other clients
+            # ignore it (no phantom event).
+            chunks.append(raw(cursor_comment(_current_id(positions))))
         if self.poll is not None and (merged or missed):
             self.finished = True  # a poll answers at once with what is after the cursor
         if self.sock is not None:

@@ -263,7 +263,7 @@ def test_a_multi_channel_poll_is_one_valid_gzip_body_with_its_trailer(gzip_serve
     gzip_server.publish(data="before", channel="gz-a")
     empty = RawStream(gzip_server.port, query, headers={"Accept-Encoding": "gzip"})  # waits, then the cursor
     assert empty.headers["content-encoding"] == "gzip"
-    cursor = gunzip(empty.body()).rsplit(b"id: ", 1)[1].split(b"\n")[0].decode()
+    cursor = gunzip(empty.body()).rsplit(b":cursor ", 1)[1].split(b"\n")[0].decode()
     gzip_server.publish(data="a" * 300, channel="gz-a")
     b = gzip_server.publish(data="b" * 300, channel="gz-b", conflate="k")
 

@@ -79,7 +79,7 @@ def test_a_poll_with_nothing_new_ends_with_the_cursor(poll_server: Server) -> No
     answer = poll(poll_server, "channel=p3")
     body = answer.body()
     assert 1.5 < time.monotonic() - started < 4.0
-    assert b"id: " + head.encode() + b"\n\n" in body and events_of(body) == []
+    assert b":cursor " + head.encode() + b"\n" in body and events_of(body) == []
     later = poll_server.publish(data="later", channel="p3")
     assert events_of(poll(poll_server, "channel=p3", head).body()) == [("message", "later", later)]
 
@@ -87,7 +87,7 @@ def test_a_poll_with_nothing_new_ends_with_the_cursor(poll_server: Server) -> No
 def test_a_poll_of_several_channels_carries_the_compound_cursor(poll_server: Server) -> None:
     first = poll(poll_server, "channel=p4&channel=p5")
     body = first.body()
-    cursor = body.rsplit(b"id: ", 1)[1].split(b"\n")[0].decode()
+    cursor = body.rsplit(b":cursor ", 1)[1].split(b"\n")[0].decode()
     a = poll_server.publish(data="a", channel="p4")
     b = poll_server.publish(data="b", channel="p5")
     got = events_of(poll(poll_server, "channel=p4&channel=p5", cursor).body())
