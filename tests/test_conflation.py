@@ -12,12 +12,14 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from flask_sse_ext import Publisher
+from flask_sse_ext import SSE, Publisher
 from flask_sse_ext.brokers.base import Broker, Message
 from flask_sse_ext.brokers.memory import MemoryBroker
 from flask_sse_ext.brokers.redis import RedisBroker
 from flask_sse_ext.conflation import conflate
 from flask_sse_ext.hub import LAGGED, Client
+from flask_sse_ext.state import get_state
+from support.app import create_app
 from support.client import RawStream, request
 from support.parser import ParsedEvent
 from support.redis import RedisServer
@@ -236,3 +238,17 @@ def test_max_rate_conflates_a_client_that_reads(start_server: StartServer) -> No
 def test_bad_delivery_parameters_are_refused(server: Server, query: str, says: str) -> None:
     status, body = request(server.port, "GET", f"/stream?channel=c&{query}")
     assert status == 400 and says in str(body), body
+
+
+def test_the_cli_publishes_with_a_key() -> None:
+    app = create_app(sse=SSE())
+    runner = app.test_cli_runner()
+    with app.app_context():
+        state = get_state(app)
+        marker = state.publish("marker", None, None, None, "c")
+        result = runner.invoke(args=["sse", "publish", "c", "v", "--conflate", "cpu"])
+        assert result.exit_code == 0, result.output
+        (message,) = state.process().broker.replay("c", marker).messages
+    assert (message.id, message.key) == (result.output.splitlines()[0], "cpu")
+    bad = runner.invoke(args=["sse", "publish", "c", "v", "--conflate", "no spaces"])
+    assert bad.exit_code != 0 and "conflation key" in bad.output
