@@ -144,7 +144,8 @@ const utf8 = (text) => Array.from(new TextEncoder().encode(text), (b) => String.
  *   falls back to long polling (0: never)
  * @param {number} [options.streamAgainAfter=60000] ms of polling before it tries a stream again
  * @returns {{readyState: number, lastEventId: string, closed: Promise<void>, close(): void,
- *   streamId?: string, resumeUrl?: string}}
+ *   polling: boolean, streamId?: string, resumeUrl?: string}}
+ *   polling is true while the client long-polls instead of streaming (see above);
  *   readyState is CONNECTING (also while waiting to reconnect), OPEN or CLOSED; a resumable
  *   stream (`sse.response(..., resumable=True)`) sets streamId and resumeUrl from its
  *   `sse.stream` event, and every reconnection GETs resumeUrl with `Last-Event-ID`
