@@ -355,6 +355,7 @@ class Target:
     uses_redis: bool
     ready: str  # how the load generator knows a stream is open: "headers" or "sent"
     publisher: str
+    server: str = "gunicorn"  # gunicorn (-k gevent) | node (bench/node) | uvicorn (uvloop)
 
 
 TARGETS: Dict[str, Target] = {
@@ -364,6 +365,8 @@ TARGETS: Dict[str, Target] = {
         Target("ext-redis", "ext_app:app", True, "headers", "ext"),
         Target("flask-sse", "flask_sse_app:app", True, "sent", "flask-sse"),
         Target("floor", "floor_app:app", True, "headers", "redis"),
+        Target("node", "node/server.js", True, "headers", "redis", "node"),
+        Target("starlette", "starlette_app:app", True, "headers", "redis", "uvicorn"),
     )
 }
 
@@ -555,9 +558,20 @@ class Server:
             *_gunicorn_args(),
             target.app,
         ]
+        if target.server == "node":  # one process: the server is its own worker
+            cmd = ["node", str(BENCH / target.app), str(self.port), redis_url]
+        elif target.server == "uvicorn":
+            cmd = [
+                *[sys.executable, "-m", "uvicorn", "--host", host, "--port", str(self.port)],
+                *["--loop", "uvloop", "--http", "httptools", "--backlog", "4096"],
+                *["--log-level", "warning", "--no-access-log", target.app],
+            ]
         with open(self.log_path, "wb") as logf:
             self.proc = _popen(cmd, cwd=BENCH, env=env, stdout=logf, stderr=subprocess.STDOUT)
-        self.workers = self._find_workers(workers)
+        if target.server != "gunicorn":
+            self.workers = [self.proc.pid]
+        else:
+            self.workers = self._find_workers(workers)
         self.worker = self.workers[0]
         _EXTRA_PIDS.extend(self.workers)
         self._wait_port()
@@ -952,6 +966,10 @@ def run_stream_scenario(
     try:
         server = Server(target, redis_server.url, args.gc_threshold, args.gc_log, sc.workers)
         publisher = PUBLISHERS[target.publisher](server.port, redis_server.url)
+        time.sleep(0.3)
+        # What a user's worker grows by: from before any stream was ever opened (the first
+        # stream costs imports, the broker, buffers) to N streams open.
+        rss_start = sum(rss_kib(pid) for pid in server.workers)
         for _ in range(3 * sc.workers):  # each worker most likely served one
             warm_up(server, publisher)
         time.sleep(0.3)
@@ -987,8 +1005,9 @@ def run_stream_scenario(
         res["ready_streams"] = ready["ready"]
         time.sleep(1.0 if sc.clients >= 1000 else 0.5)  # let the worker settle before measuring
         rss1 = sum(rss_kib(pid) for pid in server.workers)
-        res["rss_kib"] = {"idle_0": rss0, "idle_n": rss1}
-        res["rss_per_conn_kib"] = (rss1 - rss0) / sc.clients
+        res["rss_kib"] = {"start": rss_start, "idle_0": rss0, "idle_n": rss1}
+        res["rss_per_conn_kib"] = (rss1 - rss_start) / sc.clients
+        res["rss_per_conn_after_warmup_kib"] = (rss1 - rss0) / sc.clients
         # With several workers: the most any one of them holds.
         res["redis_clients"] = (
             max(redis_server.clients_of(pid) for pid in server.workers) if target.uses_redis else None
@@ -1529,6 +1548,7 @@ ROWS: List[Tuple[str, Callable[[Dict[str, Any]], Any]]] = [
         ),
     ),
     ("worker RSS KiB/idle conn", lambda r: r.get("rss_per_conn_kib")),
+    ("  from after warm-up", lambda r: r.get("rss_per_conn_after_warmup_kib")),
     ("Redis clients/worker", lambda r: r.get("redis_clients")),
     ("accept N conns s", lambda r: r.get("accept_s")),
     ("publish call p50 ms", lambda r: r.get("publish_ms", {}).get("p50")),
@@ -1622,8 +1642,13 @@ def render_table(scenarios: List[Scenario], targets: List[str], runs: List[Dict[
     by: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     for r in sorted(runs, key=lambda r: r.get("round", 0)):
         by.setdefault((r["scenario"], r["target"]), []).append(r)
-    ratios = [(t, "floor") for t in ("ext-memory", "ext-redis") if t in targets and "floor" in targets]
-    header = ["metric", *targets, *[f"{a}/floor" for a, _ in ratios]]
+    ratios = [
+        (t, peer)
+        for t in ("ext-memory", "ext-redis")
+        for peer in ("floor", "node", "starlette")
+        if t in targets and peer in targets
+    ]
+    header = ["metric", *targets, *[f"{a}/{b}" for a, b in ratios]]
     rows: List[List[str]] = []
     for sc in scenarios:
         rounds = f"; median of {sc.rounds} rounds" if sc.rounds > 1 else ""
@@ -1750,19 +1775,32 @@ def profile_text(runs: List[Dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def ensure_requirements(skip: bool) -> None:
-    try:
-        import flask_sse  # noqa: F401
+#: What each peer target imports, from bench/requirements.txt.
+PEER_MODULES = {
+    "flask-sse": ("flask_sse",),
+    "starlette": ("sse_starlette", "uvicorn", "uvloop", "httptools"),
+}
 
-        return
-    except ImportError:
-        pass
-    if skip:
-        raise SystemExit("flask-sse is not installed: pip install -r bench/requirements.txt")
-    print("installing bench/requirements.txt (flask-sse is missing) ...", file=sys.stderr)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt")], check=True
-    )
+
+def ensure_requirements(skip: bool, targets: Sequence[str]) -> None:
+    """pip-install bench/requirements.txt when a peer's package is missing, and the Node
+    peer's packages (``npm ci`` from bench/node/package-lock.json) when node_modules is."""
+    import importlib.util
+
+    wanted = [m for t in targets for m in PEER_MODULES.get(t, ())]
+    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
+    if missing:
+        if skip:
+            raise SystemExit(f"{', '.join(missing)} missing: pip install -r bench/requirements.txt")
+        print(f"installing bench/requirements.txt ({', '.join(missing)} missing) ...", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt")], check=True
+        )
+    if "node" in targets and not (BENCH / "node" / "node_modules").is_dir():
+        if skip:
+            raise SystemExit("bench/node/node_modules missing: (cd bench/node && npm ci)")
+        print("installing bench/node (npm ci) ...", file=sys.stderr)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH / "node", check=True)
 
 
 def versions(redis_server: RedisServer) -> Dict[str, str]:
@@ -1898,8 +1936,7 @@ def main() -> None:
     for t in args.targets:
         if t not in TARGETS:
             raise SystemExit(f"unknown target {t!r}: choose among {', '.join(TARGETS)}")
-    if "flask-sse" in args.targets:
-        ensure_requirements(args.no_install)
+    ensure_requirements(args.no_install, args.targets)
     scenarios = build_scenarios(args)
     for sc in scenarios:
         if sc.clients > 15000 or max(sc.counts, default=0) > 15000:
@@ -1977,6 +2014,17 @@ def main() -> None:
                             print(
                                 f"         failed: {r.get('failure', '')[:300]}", file=sys.stderr, flush=True
                             )
+                        continue
+                    if sc.workers > 1 and target.server != "gunicorn":
+                        runs.append(
+                            {
+                                "scenario": sc.name,
+                                "target": name,
+                                "round": round_,
+                                "ok": None,
+                                "skipped": "one process: the bench starts node and uvicorn with one",
+                            }
+                        )
                         continue
                     if sc.workers > 1 and not target.uses_redis:
                         runs.append(
