@@ -119,3 +119,30 @@ def test_a_new_subscription_starts_after_what_was_published_before_it() -> None:
     finally:
         gate.set()
         broker.close()
+
+
+def test_flush_delivers_what_waits_in_order_after_the_batch_being_delivered() -> None:
+    """A worker that stops flushes the broker, so its streams send what was published."""
+    broker = MemoryBroker(10)
+    gate, entered = threading.Event(), threading.Event()
+    got: List[Message] = []
+
+    def deliver(message: Message) -> None:
+        entered.set()
+        gate.wait(5)
+        got.append(message)
+
+    broker.start(deliver, lambda channel: None)
+    broker.subscribe("c")
+    try:
+        first = broker.publish("c", b"data: 1\n")
+        wait_until(entered.is_set)
+        rest = [broker.publish("c", b"data: %d\n" % i) for i in (2, 3)]
+        flusher = threading.Thread(target=broker.flush)
+        flusher.start()  # waits for the dispatcher's batch, then delivers the rest itself
+        gate.set()
+        flusher.join(5)
+        assert not flusher.is_alive() and got == [first, *rest]
+    finally:
+        gate.set()
+        broker.close()

@@ -52,6 +52,8 @@ class MemoryBroker(MemoryLogs, Broker):
         #: Published, not yet handed to the dispatcher, in position order.
         self._pending: List[Message] = []
         self._wakeup = threading.Event()
+        #: Held while a batch is delivered: ``flush`` and the dispatcher never interleave.
+        self._delivering = threading.Lock()
         #: The newest position the dispatcher has taken: every later event is still to come.
         self._dispatched: Position = (0, 0)
         self._closed = False
@@ -68,10 +70,15 @@ class MemoryBroker(MemoryLogs, Broker):
     def _dispatch(self, deliver: Callable[[Message], None]) -> None:
         while True:
             self._wakeup.wait()
+            if not self._deliver_pending(deliver):
+                return
+
+    def _deliver_pending(self, deliver: Callable[[Message], None]) -> bool:
+        with self._delivering:
             with self._lock:
                 self._wakeup.clear()
                 if self._closed:
-                    return
+                    return False
                 batch, self._pending = self._pending, []
                 if batch:
                     self._dispatched = batch[-1].position
@@ -82,6 +89,11 @@ class MemoryBroker(MemoryLogs, Broker):
                         deliver(message)
                     except Exception:  # one failed delivery must not stop the others
                         logger.exception("Delivering %r failed", message)
+        return True
+
+    def flush(self) -> None:
+        if self._deliver is not None:
+            self._deliver_pending(self._deliver)
 
     def close(self) -> None:
         with self._lock:
