@@ -1927,6 +1927,12 @@ def main() -> None:
         help="rounds of fanout scenarios of more than 1,000 clients (default 1)",
     )
     p.add_argument("--no-install", action="store_true", help="do not pip-install bench/requirements.txt")
+    p.add_argument(
+        "--chart",
+        type=Path,
+        default=None,
+        help="where to draw the chart of the fanout scenarios (default bench/results/<stamp>.svg)",
+    )
     args = p.parse_args()
     if args.targets is None:
         only_multihost = bool(args.scenarios) and all(n == "multihost" for n in args.scenarios)
@@ -2066,6 +2072,12 @@ def main() -> None:
     prof = profile_text(runs)
     if prof:
         print("\nprofiles (py-spy, worker, publish phase):\n" + prof)
+    if any(sc.kind == "fanout" and sc.workers == 1 for sc in scenarios):
+        from chart import render
+
+        chart = args.chart or RESULTS / f"{stamp}.svg"
+        render(runs, chart)
+        print(f"chart: {chart}")
     print(f"\nsaved {out.relative_to(ROOT)}  ({meta['wall_s']:.0f}s; compare columns within this run only)")
 
 
