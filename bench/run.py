@@ -508,6 +508,8 @@ class Server:
         workers: int = 1,
         host: str = "127.0.0.1",
         cluster: bool = False,
+        also: Sequence[str] = (),
+        worker_connections: int = 30000,
     ) -> None:
         self.target = target
         self.host = host
@@ -543,8 +545,9 @@ class Server:
             str(workers),
             "-b",
             f"{host}:{self.port}",
+            *[arg for other in also for arg in ("-b", f"{other}:{self.port}")],  # same port
             "--worker-connections",
-            "30000",
+            str(worker_connections),
             "--backlog",
             "4096",
             "--graceful-timeout",
