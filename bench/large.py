@@ -117,6 +117,7 @@ def main() -> None:
         time.sleep(2.0)
         rss_open = {pid: rss_kib(pid) for pid in server.workers}
         out["rss_kib"] = {"start": rss_start, "open": rss_open}
+        out["streams_per_worker"] = _streams_per_worker(server.workers)
         out["kib_per_stream"] = (sum(rss_open.values()) - sum(rss_start.values())) / max(1, out["ready"])
         out["heartbeat_probe_s"] = heartbeat_probe("127.0.0.1", server.port, 3 * args.heartbeat + 30)
         out["load_open"] = os.getloadavg()
@@ -149,7 +150,6 @@ def main() -> None:
                 ],
                 "latency_p99_ms_worst_loadgen": lat[-1] * 1000 if lat else None,
                 "cpu_us_per_delivery": cpu * 1e6 / delivered if delivered else None,
-                "streams_per_worker": _streams_per_worker(server.workers),
                 "load_end": os.getloadavg(),
             }
         )
@@ -172,8 +172,13 @@ def _streams_per_worker(pids: List[int]) -> Dict[int, int]:
     listening sockets and Redis connections."""
     counts = {}
     for pid in pids:
-        fds = Path(f"/proc/{pid}/fd")
-        counts[pid] = sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+        count = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                count += os.readlink(fd).startswith("socket:")
+            except FileNotFoundError:  # closed meanwhile
+                pass
+        counts[pid] = count
     return counts
 
 
