@@ -19,6 +19,8 @@ __all__ = ["encode_compound", "decode_compound"]
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 _TOKEN = re.compile(r"([0-9a-z]{1,13})(?:-([0-9a-z]{1,13}))?")
+#: A Redis stream id's parts are 64-bit: a larger one is no position either broker handed out.
+_LIMIT = 2**64
 
 
 def _b36(number: int) -> str:
@@ -48,6 +50,8 @@ def decode_compound(text: str, count: int) -> Optional[List[Optional[Position]]]
         match = _TOKEN.fullmatch(token)
         if match is None:
             return None
-        ms, seq = match.groups()
-        positions.append((int(ms, 36), int(seq, 36) if seq else 0))
+        ms, seq = int(match.group(1), 36), int(match.group(2) or "0", 36)
+        if ms >= _LIMIT or seq >= _LIMIT:
+            return None
+        positions.append((ms, seq))
     return positions if len(positions) == count else None

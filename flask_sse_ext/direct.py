@@ -3,7 +3,9 @@
 The generator runs apart from the writer (a greenlet under gevent, a thread otherwise), so a
 heartbeat goes out while it waits on an upstream API, and when the client goes away the
 generator is stopped: under gevent at once, wherever it waits, so its ``finally`` closes the
-upstream call; under threads when it next yields.
+upstream call; under threads when it next yields. Like a channel stream, its connection's
+send buffer is capped and a client whose sent data does not drain within the send timeout is
+reset, which stops the generator too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from flask import Response, copy_current_request_context, has_request_context
 
 from .event import Event, comment, encode_body, retry_line
-from .serving import gevent_active, raw_socket, unwatch, watch_disconnect
+from .hub import Stats
+from .serving import (
+    gevent_active,
+    limit_send_buffer,
+    raw_socket,
+    tls_layer,
+    unwatch,
+    watch_disconnect,
+    watch_send,
+)
 
 __all__ = ["END_EVENT", "ERROR_EVENT", "direct_response"]
 
@@ -51,6 +62,9 @@ class _DirectStream:
         expose_errors: bool,
         queue_size: int,
         environ: Dict[str, Any],
+        send_timeout: Optional[float],
+        send_buffer: Optional[int],
+        stats: Optional[Stats],
     ) -> None:
         self.heartbeat = heartbeat
         self.expose_errors = expose_errors
@@ -68,8 +82,21 @@ class _DirectStream:
             self.greenlet = gevent.spawn(produce)
         else:
             threading.Thread(target=produce, name="sse-direct-producer", daemon=True).start()
+        self.stats = stats
         sock = raw_socket(environ)
-        self.watcher = None if sock is None else watch_disconnect(sock, self._gone)
+        self.watcher = None if sock is None else watch_disconnect(sock, self._gone, tls=tls_layer(environ))
+        self.send_watch = None
+        if sock is not None and send_buffer is not None:
+            limit_send_buffer(sock, send_buffer)
+        if sock is not None and send_timeout is not None:
+            self.send_watch = watch_send(sock, send_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        # The connection is reset already: the writer's stuck write fails, the producer stops.
+        self.send_watch = None
+        if self.stats is not None:
+            self.stats.timed_out += 1
+        self._gone()
 
     def _gone(self) -> None:
         self.stopped.set()
@@ -142,6 +169,9 @@ class _DirectStream:
         if self.watcher is not None:
             unwatch(self.watcher)
             self.watcher = None
+        if self.send_watch is not None:
+            unwatch(self.send_watch)
+            self.send_watch = None
         if self.greenlet is not None:
             # Raises GreenletExit where the generator waits, so its ``finally`` runs now.
             self.greenlet.kill(block=True, timeout=self.heartbeat)
@@ -157,6 +187,13 @@ def direct_response(
     queue_size: int,
     environ: Dict[str, Any],
     base_headers: Mapping[str, str],
+    send_timeout: Optional[float] = None,
+    send_buffer: Optional[int] = None,
+    stats: Optional[Stats] = None,
 ) -> Response:
-    body = _DirectStream(iterable, heartbeat, retry, expose_errors, queue_size, environ)
+    """``sse.response(iterable)``. ``send_timeout`` and ``send_buffer`` are the channel
+    streams' ``SSE_SEND_TIMEOUT`` and ``SSE_SEND_BUFFER_BYTES``; a cut counts in ``stats``."""
+    body = _DirectStream(
+        iterable, heartbeat, retry, expose_errors, queue_size, environ, send_timeout, send_buffer, stats
+    )
     return Response(body, mimetype="text/event-stream", headers={**base_headers, **(headers or {})})

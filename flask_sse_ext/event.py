@@ -13,7 +13,16 @@ import json
 import re
 from typing import Any, Optional
 
-__all__ = ["Event", "encode_body", "frame", "comment", "retry_line", "validate_field"]
+__all__ = [
+    "CURSOR_COMMENT",
+    "Event",
+    "encode_body",
+    "frame",
+    "comment",
+    "cursor_comment",
+    "retry_line",
+    "validate_field",
+]
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN = ("\r", "\n", "\0")
@@ -93,6 +102,17 @@ def comment(text: str = "") -> bytes:
     """A comment line (ignored by every client; used for heartbeats), with no blank line."""
     validate_field("comment", text)
     return b":" + text.encode("utf-8") + b"\n"
+
+
+#: The comment a multi-channel stream opens with: ``:cursor <id>``. sse-client.js takes it as its
+#: ``Last-Event-ID``; every other client ignores it, so it yields no event (an id-only dispatch
+#: would: httpx-sse and fetch-event-source turn it into an empty event).
+CURSOR_COMMENT = "cursor "
+
+
+def cursor_comment(cursor: str) -> bytes:
+    """The opening cursor of a multi-channel stream, as a comment (see ``CURSOR_COMMENT``)."""
+    return comment(CURSOR_COMMENT + cursor)
 
 
 def retry_line(milliseconds: int) -> bytes:

@@ -218,6 +218,9 @@ class SSE:
             queue_size=settings.client_queue_size,
             environ=request.environ,
             base_headers=HEADERS,
+            send_timeout=settings.send_timeout,
+            send_buffer=settings.send_buffer_bytes,
+            stats=self.state().stats,
         )
 
     def cancel(self, stream_id: str) -> bool:

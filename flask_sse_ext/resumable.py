@@ -9,7 +9,8 @@ resume on any worker or host, streams from that log. Event ids are ``<log>.<posi
 The owner renews a lease on the log every ``BEAT`` seconds and, at the same time, looks for a
 cancel request and for a reader (each reader keeps a presence flag up for the idle limit). A
 reader that finds the lease lapsed before the log ended writes the end itself, ``sse.error``:
-a worker killed mid-answer never leaves a stream that hangs.
+a worker killed mid-answer never leaves a stream that hangs. A reader whose client stops
+reading is reset after the send timeout, as on a channel stream; the owner goes on.
 """
 
 from __future__ import annotations
@@ -33,9 +34,18 @@ from .auth import AuthError, identify
 from .brokers.base import Broker, BrokerError, Position
 from .direct import ERROR_EVENT
 from .event import comment, encode_body, frame, retry_line
+from .hub import Stats
 from .jobs import ANSWER_LOG, event_id, job_log, parse_event_id
 from .producer import start_answer
-from .serving import check_server, raw_socket, unwatch, watch_disconnect
+from .serving import (
+    check_server,
+    limit_send_buffer,
+    raw_socket,
+    tls_layer,
+    unwatch,
+    watch_disconnect,
+    watch_send,
+)
 from .state import AppState, get_state
 from .stream import HEADERS
 
@@ -101,6 +111,9 @@ class _LogStream:
         opening: bytes,
         max_age: Optional[float],
         environ: Dict[str, Any],
+        send_timeout: Optional[float] = None,
+        send_buffer: Optional[int] = None,
+        stats: Optional[Stats] = None,
     ) -> None:
         self.broker = broker
         self.log = log
@@ -118,10 +131,23 @@ class _LogStream:
         self.last_write = time.monotonic()
         # Past SSE_MAX_CONNECTION_AGE the response ends; the client resumes where it was.
         self.deadline = None if max_age is None else self.last_write + max_age
+        self.stats = stats
         sock = raw_socket(environ)
-        self.watcher = None if sock is None else watch_disconnect(sock, self._gone)
+        self.watcher = None if sock is None else watch_disconnect(sock, self._gone, tls=tls_layer(environ))
+        self.send_watch = None
+        if sock is not None and send_buffer is not None:
+            limit_send_buffer(sock, send_buffer)
+        if sock is not None and send_timeout is not None:
+            self.send_watch = watch_send(sock, send_timeout, self._timed_out)
 
     def _gone(self) -> None:
+        self.gone = True
+
+    def _timed_out(self) -> None:
+        # The connection is reset already, which fails the stuck write: this reader ends.
+        self.send_watch = None
+        if self.stats is not None:
+            self.stats.timed_out += 1
         self.gone = True
 
     def __iter__(self) -> "_LogStream":
@@ -171,6 +197,9 @@ class _LogStream:
         if self.watcher is not None:
             unwatch(self.watcher)
             self.watcher = None
+        if self.send_watch is not None:
+            unwatch(self.send_watch)
+            self.send_watch = None
 
 
 def log_response(
@@ -201,6 +230,9 @@ def log_response(
         opening=opening,
         max_age=settings.max_connection_age,
         environ=request.environ,
+        send_timeout=settings.send_timeout,
+        send_buffer=settings.send_buffer_bytes,
+        stats=state.stats,
     )
     sent = {**HEADERS, "X-SSE-Stream": log, **(headers or {})}
     return Response(body, mimetype="text/event-stream", headers=sent)

@@ -22,6 +22,7 @@ import ssl
 import struct
 import sys
 import termios
+import time
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 __all__ = [
@@ -35,11 +36,14 @@ __all__ = [
     "limit_send_buffer",
     "release_free_memory",
     "send_progress",
+    "SendDeadline",
+    "watch_send",
     "http2",
     "HTTP2_REFUSAL",
     "check_server",
     "sibling_workers",
     "process_name",
+    "warn_memory_broker",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,6 +215,59 @@ def send_progress(sock: socket.socket) -> Optional[Tuple[int, int]]:
     if len(info) < _TCP_INFO_LENGTH:
         return None
     return waiting, struct.unpack_from("Q", info, 120)[0]
+
+
+class SendDeadline:
+    """The write deadline of one connection: ``passed`` is true once what was waiting in its
+    send queue ``timeout`` seconds ago (or more) has still not been acknowledged. Asked with
+    each write or heartbeat, that is true of a client that stopped reading or vanished,
+    however quiet its stream."""
+
+    __slots__ = ("timeout", "target", "since")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        #: The count of acknowledged bytes at which what waited at ``since`` has drained
+        #: (-1: nothing waits).
+        self.target = -1
+        self.since = 0.0
+
+    def passed(self, sock: socket.socket, now: float) -> bool:
+        progress = send_progress(sock)
+        if progress is None:
+            return False
+        waiting, acked = progress
+        if self.target >= 0 and (not waiting or acked >= self.target):
+            self.target = -1  # drained: a later write starts a new wait
+        if self.target < 0:
+            if waiting:
+                self.target = acked + waiting
+                self.since = now
+            return False
+        return now - self.since >= self.timeout
+
+
+def watch_send(sock: socket.socket, timeout: float, on_cut: Callable[..., None], *args: Any) -> Any:
+    """Reset ``sock`` (``abort``) and call ``on_cut(*args)`` once its sent data has not drained
+    within ``timeout`` seconds (``SendDeadline``). For a stream that has no hub ticker to do
+    it: its own write may be the one stuck. One libev timer checks eight times per timeout, so
+    a cut comes at most a quarter of the timeout late; no greenlet. Returns the watcher, for
+    ``unwatch``."""
+    import gevent
+
+    period = timeout / 8
+    timer = gevent.get_hub().loop.timer(period, period)
+    timer.start(_check_send, timer, sock, SendDeadline(timeout), on_cut, *args)
+    return timer
+
+
+def _check_send(
+    timer: Any, sock: socket.socket, deadline: SendDeadline, on_cut: Callable[..., None], *args: Any
+) -> None:
+    if deadline.passed(sock, time.monotonic()):
+        timer.stop()  # drops the callback and its arguments
+        abort(sock)
+        on_cut(*args)
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -24,7 +24,7 @@ from .brokers.base import (
     format_position,
 )
 from .cursor import decode_compound, encode_compound
-from .event import comment, encode_body, frame, retry_line
+from .event import comment, cursor_comment, encode_body, frame, retry_line
 from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Hub
 from .serving import limit_send_buffer, raw_socket, shutdown, tls_layer, unwatch, watch_disconnect
 
@@ -192,9 +192,9 @@ class _Stream:
             positions[channel] = replay.head
             self.hub.stats.replayed += len(replay.messages)
         if multi:
-            # An id alone, no event: the client's Last-Event-ID is now this stream's cursor,
-            # so a stream cut before its first event resumes every channel from here.
-            chunks.append(b"id: " + _current_id(positions).encode() + b"\n\n")
+            # The cursor as a comment: sse-client.js resumes a stream cut before its first
+            # event from here on every channel; other clients ignore it (no phantom event).
+            chunks.append(cursor_comment(_current_id(positions)))
         if self.sock is not None:
             self.watcher = watch_disconnect(self.sock, client.close, GONE, tls=self.tls)
         if self.max_age is not None:

@@ -206,6 +206,21 @@ def test_shipped_js_client(matrix: MatrixRun) -> None:
     check("sse-client.js", matrix)
 
 
+def test_a_compound_cursor_past_64_bits_is_missed_on_both_brokers(matrix_server: Server) -> None:
+    """Regression: ``~zzzzzzzzzzzzz.0`` on two channels made Redis refuse the stream id, so the
+    stream answered "broker unavailable" and the client retried the same cursor for ever; the
+    in-process broker said ``sse.missed``. Both now say ``sse.missed`` and go on live."""
+    a, b = "past64-a", "past64-b"
+    url = f"/stream?channel={a}&channel={b}"
+    stream = RawStream(matrix_server.port, url, {"Last-Event-ID": "~zzzzzzzzzzzzz.0"})
+    stream.opening(SERVER_RETRY)
+    [missed] = stream.events(1)
+    assert (missed.type, missed.data) == ("sse.missed", f'{{"channels":["{a}","{b}"]}}')
+    matrix_server.publish(data="live", channel=a)
+    [live] = stream.events(1)
+    assert live.data == "live"
+
+
 @pytest.mark.parametrize("cursor", ["1-0", "0-1", "between", "99999999999999-0", "never-issued"])
 def test_an_id_no_broker_handed_out_is_missed_on_both_brokers(matrix_server: Server, cursor: str) -> None:
     """Regression: the brokers disagreed on well-formed ids that no broker handed out

@@ -13,7 +13,9 @@ from flask_sse_ext.brokers.base import Position
 from flask_sse_ext.cursor import decode_compound, encode_compound
 
 #: The largest number a token's part holds: 13 base-36 digits.
-MAX = 36**13 - 1
+#: The largest part of a position (64 bits, as in a Redis stream id): 13 base-36 digits.
+MAX = 2**64 - 1
+MAX_TOKEN = "3w5e11264sgsf"
 
 _positions = st.lists(
     st.tuples(st.integers(min_value=0, max_value=MAX), st.integers(min_value=0, max_value=MAX)),
@@ -30,7 +32,7 @@ _positions = st.lists(
         pytest.param([(1700000000000, 3)], "~loyw3v28-3", id="with-sequence"),
         pytest.param([(35, 36)], "~z-10", id="base-36"),
         pytest.param([(1, 0), (2, 5), (0, 0)], "~1.2-5.0", id="three-channels"),
-        pytest.param([(MAX, MAX)], "~" + "z" * 13 + "-" + "z" * 13, id="largest"),
+        pytest.param([(MAX, MAX)], f"~{MAX_TOKEN}-{MAX_TOKEN}", id="largest"),
     ],
 )
 def test_encode_and_decode_known_values(positions: List[Position], text: str) -> None:
@@ -79,6 +81,10 @@ def test_wrong_channel_count_is_refused(positions: List[Position], other: int) -
         pytest.param("~!!", id="punctuation"),
         pytest.param("~" + "1" * 14, id="too-many-digits"),
         pytest.param("~1-" + "1" * 14, id="too-many-sequence-digits"),
+        # Regression: 13 base-36 digits reach past 64 bits, which Redis refused as a stream id
+        # (a broker fault, so the client retried the same cursor for ever).
+        pytest.param("~zzzzzzzzzzzzz", id="time-past-64-bits"),
+        pytest.param("~1-3w5e11264sgsg", id="sequence-past-64-bits"),
     ],
 )
 def test_malformed_text_is_refused(text: str) -> None:
@@ -92,7 +98,7 @@ def test_malformed_token_among_good_ones_is_refused() -> None:
 
 def test_length_bound() -> None:
     """Up to 28 characters a channel are read, more are refused before any parsing."""
-    longest = "~" + ".".join(["z" * 13 + "-" + "z" * 13] * 3)
+    longest = "~" + ".".join([f"{MAX_TOKEN}-{MAX_TOKEN}"] * 3)
     assert len(longest) == 28 * 3
     assert decode_compound(longest, 3) == [(MAX, MAX)] * 3
     assert decode_compound(longest + "0", 3) is None

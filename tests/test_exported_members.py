@@ -3,9 +3,11 @@
 from __future__ import annotations
 import __future__
 
+import inspect
 import types
 
 import flask_sse_ext
+from flask_sse_ext import serving
 
 
 def public_members() -> set[str]:
@@ -29,3 +31,16 @@ def test_every_exported_name_is_importable() -> None:
     exec("from flask_sse_ext import *", namespace)  # AttributeError for a name that is missing
     for name in flask_sse_ext.__all__:
         assert namespace[name] is getattr(flask_sse_ext, name)
+
+
+def test_serving_all_lists_every_public_function_and_class() -> None:
+    """Regression: ``serving.warn_memory_broker`` (imported by endpoint.py) was public but not
+    in ``serving.__all__``."""
+    defined = {
+        name
+        for name, value in vars(serving).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(value) or inspect.isclass(value))
+        and value.__module__ == serving.__name__
+    }
+    assert defined <= set(serving.__all__), sorted(defined - set(serving.__all__))

@@ -149,6 +149,8 @@ PARSER_CASES: List[Any] = [
     ("id with NUL is ignored", ["id: 5\ndata: a\n\nid: 6\x00x\ndata: b\n\n"], "", [msg("a", "5"), msg("b", "5")], [], "5"),
     ("empty id resets", ["id: 5\ndata: a\n\nid\ndata: b\n\n"], "", [msg("a", "5"), msg("b")], [], ""),
     ("id without data sets the id only", ["id: 9\n\n"], "", [], [], "9"),
+    ("a :cursor comment sets the id", [":cursor ~k1.k2\ndata: a\n\n"], "", [msg("a", "~k1.k2")], [], "~k1.k2"),
+    ("other comments set no id", [": cursor x\n:cursorx\n"], "3", [], [], "3"),
     ("id of an unfinished event is not kept", ["id: 9\ndata: x\n"], "3", [], [], "3"),
     ("initial id", ["data: a\n\n"], "3", [msg("a", "3")], [], "3"),
     ("retry", ["retry: 250\n"], "", [], [250], ""),

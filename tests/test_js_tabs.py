@@ -2,7 +2,7 @@
 of one browser context, so they share Web Locks and BroadcastChannel as a user's tabs do.
 
 Also the two things the server does for it: a multi-channel stream tells its opening cursor
-(an id-only line), and a compound cursor may start an added channel from now (``_``).
+(a ``:cursor`` comment), and a compound cursor may start an added channel from now (``_``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 
+import httpx
 import pytest
+from httpx_sse import connect_sse
 
 from support.client import RawStream, request
 from support.parser import SSEParser
@@ -182,10 +184,11 @@ def test_without_web_locks_each_tab_has_its_own_stream(start_server: StartServer
 
 
 def opening_id(stream: RawStream) -> str:
-    parser = SSEParser()
-    events = parser.feed(stream.opening())
-    assert events == []
-    return parser.last_event_id
+    """The ``:cursor <id>`` comment of a multi-channel stream's opening chunk."""
+    opening = stream.opening()
+    assert SSEParser().feed(opening) == []  # a comment: no event, no id for other clients
+    [cursor] = [line[len(b":cursor ") :] for line in opening.split(b"\n") if line.startswith(b":cursor ")]
+    return cursor.decode()
 
 
 def test_multi_channel_stream_tells_its_opening_cursor(server: Server, channel: str) -> None:
@@ -199,6 +202,18 @@ def test_multi_channel_stream_tells_its_opening_cursor(server: Server, channel: 
     again = RawStream(server.port, f"/stream?channel={a}&channel={b}", headers={"Last-Event-ID": cursor})
     again.opening()
     assert [e.data for e in again.events(1)] == ["while away"]
+
+
+def test_opening_cursor_is_no_event_for_other_clients(server: Server, channel: str) -> None:
+    """Regression: the opening cursor was an id-only dispatch (``id: ~...`` and a blank line),
+    which httpx-sse (like fetch-event-source) yields as an empty event at every connect."""
+    a, b = channel + "-a", channel + "-b"
+    url = f"{server.url}/stream?channel={a}&channel={b}"
+    with httpx.Client(timeout=10) as client, connect_sse(client, "GET", url) as source:
+        events = source.iter_sse()
+        server.publish(data="first", channel=b)
+        event = next(events)
+    assert (event.event, event.data) == ("message", "first")
 
 
 def test_compound_cursor_starts_an_added_channel_from_now(server: Server, channel: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator, List
+from typing import Callable, Iterator, List
 
 import pytest
 
@@ -55,7 +55,31 @@ def test_an_unknown_log_reads_as_none(broker: Broker) -> None:
     assert broker.log_signal("r.none", "cancel", 5) == frozenset()
 
 
-def test_a_waiting_reader_wakes_at_the_next_append(broker: Broker) -> None:
+def _waiting(request: pytest.FixtureRequest, broker: Broker, prefix: str) -> Callable[[], bool]:
+    """Whether a reader waits for an append now: on Redis, a connection of the broker blocked
+    in ``XREAD`` (``CLIENT LIST``), on every node of a cluster."""
+    if isinstance(broker, MemoryBroker):
+        memory = broker
+        return lambda: memory.readers_waiting > 0
+    name = request.node.callspec.params["broker"]
+    nodes = (
+        request.getfixturevalue("redis_cluster").nodes
+        if name == "cluster"
+        else [request.getfixturevalue("redis_server")]
+    )
+
+    def blocked() -> bool:
+        clients = [c for node in nodes for c in node.client_list() if c["name"].startswith(prefix + ":")]
+        return any(c["cmd"] == "xread" and "b" in c["flags"] for c in clients)
+
+    return blocked
+
+
+def test_a_waiting_reader_wakes_at_the_next_append(
+    request: pytest.FixtureRequest, broker: Broker, prefix: str
+) -> None:
+    """Regression: the reader was given a fixed 0.2 s to start waiting, which did not show
+    that it waited at all."""
     broker.log_create("j.wake", {"kind": "job"}, ttl=60)
     got: List[LogEntry] = []
 
@@ -65,7 +89,7 @@ def test_a_waiting_reader_wakes_at_the_next_append(broker: Broker) -> None:
 
     reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(0.2)  # the reader is waiting: nothing to await but the wait itself
+    wait_until(_waiting(request, broker, prefix), timeout=3, message="the reader never waited")
     appended = time.monotonic()
     broker.log_append("j.wake", b"data: now\n", ttl=60)
     reader.join(5)

@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import pytest
 
@@ -55,10 +55,19 @@ def _streams(port: int) -> int:
     return streams
 
 
-def _tls_stream(port: int, channel: str) -> ssl.SSLSocket:
+def _finally_at(port: int, name: str) -> Optional[float]:
+    """When the test app's direct stream ``/probe/<name>`` ran its generator's ``finally``."""
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{port}/finally/{name}", context=_client_context()
+    ) as answer:
+        at: Optional[float] = json.load(answer)["at"]
+    return at
+
+
+def _tls_stream(port: int, path: str) -> ssl.SSLSocket:
     """An event stream over TLS, read up to its opening chunk."""
     sock = _client_context().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
-    sock.sendall(f"GET /stream?channel={channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     data = b""
     while b"retry:" not in data:
         part = sock.recv(4096)
@@ -67,17 +76,30 @@ def _tls_stream(port: int, channel: str) -> ssl.SSLSocket:
     return sock
 
 
+@pytest.mark.parametrize("kind", ["channel", "direct"])
 @pytest.mark.parametrize("how", ["close_notify", "fin"])
 def test_tls_client_that_leaves_is_seen_gone_at_once(
-    start_server: StartServer, certificate: Certificate, how: str
+    start_server: StartServer, certificate: Certificate, how: str, kind: str
 ) -> None:
     """gunicorn serving TLS itself (--certfile/--keyfile): a client that sends close_notify and
     keeps its TCP connection open (waiting for the server's close_notify, as Python's
-    ``unwrap`` does) is gone at once, as is one that closes TCP; not at the next heartbeat."""
+    ``unwrap`` does) is gone at once, as is one that closes TCP; not at the next heartbeat.
+    The same for a direct stream (``sse.response``), whose generator is stopped at once."""
     cert, key = certificate
     server = start_server(args=["--certfile", str(cert), "--keyfile", str(key)])
-    sock = _tls_stream(server.port, "tls")
-    assert _streams(server.port) == 1
+    name = f"tls-{how}"
+    if kind == "channel":
+        sock = _tls_stream(server.port, "/stream?channel=tls")
+        assert _streams(server.port) == 1
+    else:
+        sock = _tls_stream(server.port, f"/probe/{name}")  # its generator then waits 30 s
+        assert _finally_at(server.port, name) is None
+
+    def gone() -> bool:
+        if kind == "channel":
+            return _streams(server.port) == 0
+        return _finally_at(server.port, name) is not None
+
     left = time.monotonic()
     if how == "close_notify":
         sock.settimeout(0.2)
@@ -87,8 +109,8 @@ def test_tls_client_that_leaves_is_seen_gone_at_once(
             pass
     else:
         sock.close()
-    wait_until(lambda: _streams(server.port) == 0, timeout=1, message="the stream stayed open")
-    print(f"{how}: stream freed after {time.monotonic() - left:.3f} s (heartbeat: 15 s)")
+    wait_until(gone, timeout=1, message="the stream stayed open")
+    print(f"{kind} {how}: stream freed after {time.monotonic() - left:.3f} s (heartbeat: 15 s)")
     sock.close()
 
 

@@ -31,6 +31,8 @@ class MemoryLogs:
         # finds nothing new for its own log simply waits again.
         self._changed = threading.Condition()
         self._swept = 0.0
+        #: How many ``log_read`` calls wait for an append now (what a test awaits).
+        self.readers_waiting = 0
 
     def _live(self, log: str) -> Optional[_Log]:
         """Under the condition's lock: ``log`` unless it expired (then it is dropped)."""
@@ -77,7 +79,11 @@ class MemoryLogs:
                 left = deadline - time.monotonic()
                 if newer or left <= 0:
                     return newer
-                self._changed.wait(left)
+                self.readers_waiting += 1
+                try:
+                    self._changed.wait(left)
+                finally:
+                    self.readers_waiting -= 1
 
     def log_signal(self, log: str, flag: Optional[str], ttl: float) -> FrozenSet[str]:
         if flag is not None and flag not in LOG_FLAGS:

@@ -35,8 +35,8 @@ const EVENT_STREAM = /^\s*text\/event-stream\s*(;|$)/i;
  * An incremental `text/event-stream` parser. Chunks (strings, or bytes as Uint8Array) may split
  * lines, CRLF pairs and UTF-8 sequences anywhere. One leading BOM is dropped; an event the
  * input stops in the middle of is never dispatched.
- * `onId` hears of a dispatch without data that sets the last event id (the opening cursor a
- * multi-channel stream sends).
+ * `onId` hears of a last event id set without an event: a dispatch without data, or the
+ * `:cursor <id>` comment a multi-channel stream opens with.
  * @param {{onEvent?: (e: SSEEvent) => void, onRetry?: (ms: number) => void, onId?: (id: string) => void, lastEventId?: string}} [options]
  * @returns {{feed(chunk: string | Uint8Array): void, readonly lastEventId: string}}
  */
@@ -57,7 +57,15 @@ export function createParser({ onEvent, onRetry, onId, lastEventId = "" } = {}) 
       return;
     }
     const colon = text.indexOf(":");
-    if (colon === 0) return; // a comment
+    if (colon === 0) {
+      // A comment; `:cursor <id>` is the opening cursor of a multi-channel stream (the server
+      // sends it as a comment so that no other client sees an event).
+      if (text.startsWith(":cursor ") && !text.includes("\0")) {
+        lastEventId = idBuffer = text.slice(8);
+        onId?.(lastEventId);
+      }
+      return;
+    }
     const name = colon < 0 ? text : text.slice(0, colon);
     let value = colon < 0 ? "" : text.slice(colon + 1);
     if (value[0] === " ") value = value.slice(1);

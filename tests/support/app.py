@@ -7,7 +7,8 @@ over HTTP (below), which is what gunicorn serves: ``served()`` is that app, conf
 
 The views: ``/publish`` (JSON body: ``sse.publish``'s arguments), ``/stats`` (``sse.stats()``
 with the worker's greenlets, file descriptors and pid), ``/token``, the direct streams
-``/chat`` (POST), ``/slow``, ``/probe/<name>`` (with ``/finally/<name>``) and ``/fail``,
+``/chat`` (POST), ``/slow``, ``/probe/<name>`` and ``/flood/<name>`` (with ``/finally/<name>``)
+and ``/fail``,
 ``/login`` (POST ``?user=``: a Flask-Login session cookie), ``/resync/<channel>`` (POST: ends the
 channel's streams, so that their clients reconnect), for the browser client ``/`` (a page that
 imports ``sse-client.js``), ``/flaky/<name>``, ``/gone`` and ``/forbidden``; resumable answers
@@ -176,6 +177,20 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
 
         return sse.response(forever(), heartbeat=5)
 
+    @app.get("/flood/<name>")
+    def flood(name: str) -> Any:
+        """16 KB events as fast as the client takes them (``?size=`` bytes instead)."""
+        data = "x" * int(request.args.get("size", 16 * 1024))
+
+        def events() -> Iterator[str]:
+            try:
+                while True:
+                    yield data
+            finally:
+                finally_at[name] = time.time()
+
+        return sse.response(events())
+
     @app.get("/finally/<name>")
     def probe_finally(name: str) -> Any:
         return jsonify(at=finally_at.get(name))
@@ -196,12 +211,13 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
     @app.route("/answer/<name>", methods=["GET", "POST"])
     def answer(name: str) -> Any:
         """A resumable answer of ``count`` tokens ``{"n", "pid"}``, one every ``pace`` s (raising
-        instead of token ``fail``). With
+        instead of token ``fail``; with ``pad`` characters more in ``"pad"``). With
         ``TEST_JOURNAL`` (a directory) set, its generator notes ``start <pid>`` and
         ``stop <epoch>`` in the file ``name`` there."""
         count = int(request.args.get("count", "40"))
         pace = float(request.args.get("pace", "0.1"))
         fail = int(request.args.get("fail", "0"))
+        pad = {"pad": "x" * int(request.args["pad"])} if "pad" in request.args else {}
         folder = app.config.get("TEST_JOURNAL")
         journal = None if folder is None else os.path.join(folder, name)
 
@@ -217,7 +233,7 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
                     time.sleep(pace)
                     if n == fail:
                         raise RuntimeError("the model failed")
-                    yield Event({"n": n, "pid": os.getpid()}, event="token")
+                    yield Event({"n": n, "pid": os.getpid(), **pad}, event="token")
             finally:
                 note(f"stop {time.time()}")
 

@@ -2,20 +2,21 @@
 flags beside it under one hash tag, so in a cluster a log lives on one shard.
 
 Writes are scripts (one atomic round trip: an entry after the final one is refused). A reader
-waits with ``XREAD BLOCK`` on a connection of its own, from a pool per node that grows with
-the readers, so that waiting readers never hold the broker's small command pool.
+reads on the broker's command pool; to wait for more it watches its log with ``LogWaits``,
+whose one blocking read per node (per hash slot in a cluster, bounded) serves every reader of
+the worker, so Redis clients scale with workers, not with readers.
 """
 
 from __future__ import annotations
 
-import threading
+import time
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Union, cast
 
-import redis
 from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 from ..base import LOG_FLAGS, BrokerError, LogEntry, Position, format_position, parse_position
+from .log_waits import LogWaits, Raw
 from .topology import Topology
 
 __all__ = ["RedisLogs"]
@@ -74,8 +75,8 @@ class RedisLogs:
         self._create = _script(_CREATE)
         self._append = _script(_APPEND)
         self._signal = _script(_SIGNAL)
-        self._readers: Dict[str, Any] = {}  # node name -> client on a growing pool
-        self._readers_lock = threading.Lock()
+        #: The blocking reads that readers wait on (``RedisBroker`` sets ``topology`` first).
+        self.log_waits = LogWaits(self.topology)
 
     def _keys(self, log: str) -> List[str]:
         base = f"{self.prefix}:log:{{{log}}}"
@@ -111,35 +112,43 @@ class RedisLogs:
             raise self._fail(log, exc) from exc
         return None if reply is None else parse_position(_text(reply))
 
-    def _reader(self, key: str) -> Any:
-        """A client on the node that holds ``key``, for blocking reads."""
-        _ = self.topology.commands  # learns the layout (a cluster's slot map) on first use
-        target = self.topology.target(key)
-        with self._readers_lock:
-            client = self._readers.get(target.name)
-            if client is None:
-                pool = redis.ConnectionPool(connection_class=target.connection_class, **target.kwargs)
-                client = self._readers[target.name] = redis.Redis(connection_pool=pool)
-            return client
-
     def log_read(self, log: str, after: Position, timeout: float) -> Optional[List[LogEntry]]:
         meta_key, stream_key = self._keys(log)[:2]
+        deadline = time.monotonic() + timeout
         try:
-            reply = self._reader(stream_key).xread(
-                {stream_key: format_position(after)}, count=1000, block=max(1, int(timeout * 1000))
-            )
-            if not reply and not self.topology.commands.exists(meta_key):
+            # A first read of its own: a reader that is behind (a replay) does not wait.
+            raw = self._read(stream_key, after)
+            while not raw and time.monotonic() < deadline:
+                watch, event, ready = self.log_waits.watch(stream_key, after)
+                try:
+                    if ready is None:  # the blocking read covers what comes after ``after``
+                        event.wait(max(0.0, deadline - time.monotonic()))
+                        if watch.error is not None:
+                            raise watch.error
+                        if watch.base == after:
+                            ready = watch.batch
+                finally:
+                    self.log_waits.release(watch)
+                # Behind the blocking read, or timed out (a race may have kept the log out of
+                # it): read on by itself.
+                raw = ready or self._read(stream_key, after)
+            if not raw and not self.topology.commands.exists(meta_key):
                 return None
         except _ERRORS as exc:
             raise self._fail(log, exc) from exc
         entries = []
-        for _, items in reply or ():
-            for entry_id, fields in items:
-                position = parse_position(_text(entry_id))
-                if position is None:
-                    raise BrokerError(f"Redis answered with a position that is not one: {entry_id!r}")
-                entries.append(LogEntry(position, fields[b"b"], fields[b"f"] == b"1"))
+        for entry_id, fields in raw:
+            position = parse_position(_text(entry_id))
+            if position is None:
+                raise BrokerError(f"Redis answered with a position that is not one: {entry_id!r}")
+            entries.append(LogEntry(position, fields[b"b"], fields[b"f"] == b"1"))
         return entries
+
+    def _read(self, stream_key: str, after: Position) -> Raw:
+        reply = self.topology.commands.xread({stream_key: format_position(after)}, count=1000)
+        if isinstance(reply, dict):  # RESP3: {key: [entries]}
+            return list(next(iter(reply.values()), [[]])[0])
+        return list(reply[0][1]) if reply else []
 
     def log_signal(self, log: str, flag: Optional[str], ttl: float) -> FrozenSet[str]:
         if flag is not None and flag not in LOG_FLAGS:
@@ -154,9 +163,5 @@ class RedisLogs:
         return frozenset(name for name, up in zip(_FLAGS, reply) if up)
 
     def close_logs(self) -> None:
-        """Release the readers' connections."""
-        with self._readers_lock:
-            readers, self._readers = list(self._readers.values()), {}
-        for client in readers:
-            client.connection_pool.disconnect()
-            client.close()
+        """End the blocking reads and close their connections."""
+        self.log_waits.close()
