@@ -1,4 +1,5 @@
-"""Benchmark flask_sse_ext against flask-sse and a hand-written floor. See bench/README.md.
+"""Benchmark flask_sse_ext against its peers (a lean hand-written gevent floor, Node.js/Express
+with ioredis, sse-starlette on uvicorn/uvloop, flask-sse). See bench/README.md.
 
     python bench/run.py                      # the default set (about 13 minutes on 2 cores)
     python bench/run.py --quick              # a smoke run (about 2 minutes)
@@ -7,10 +8,10 @@
     python bench/run.py --scenarios multihost    # 2 hosts x 2 workers on a 3-shard Redis Cluster
 
 Everything runs on 127.0.0.1: one redis-server of its own, and for every (scenario, target)
-a fresh ``gunicorn -k gevent -w 1`` server, a load generator process (bench/loadgen.py) and a
+a fresh ``gunicorn -k gevent -w 1`` server (node and uvicorn: one process), a load generator process (bench/loadgen.py) and a
 publisher in this process. The multihost scenario adds a Redis Cluster (3 masters + 3 replicas,
 tests/support/redis_ha.py) and two gunicorn masters of 2 workers each, on 127.0.0.1 and
-127.0.0.2. Prints one table and saves bench/results/<timestamp>.json.
+127.0.0.2. Prints one table, saves bench/results/<timestamp>.json and draws the chart.
 """
 
 from __future__ import annotations
