@@ -81,6 +81,19 @@ def stats():  # type: ignore[no-untyped-def]
     return jsonify(sse.stats())
 
 
+@app.get("/memory")
+def memory():  # type: ignore[no-untyped-def]
+    """``idle_memory.py``: save a tracemalloc snapshot (``BENCH_TRACEMALLOC=1`` starts tracing
+    in the worker) to ``?path=``, and answer the count of live objects by type."""
+    import collections
+    import gc
+    import tracemalloc
+
+    if tracemalloc.is_tracing():
+        tracemalloc.take_snapshot().dump(request.args["path"])
+    return jsonify(collections.Counter(type(o).__name__ for o in gc.get_objects()))
+
+
 @app.get("/ping")
 def ping():  # type: ignore[no-untyped-def]
     return jsonify(pid=os.getpid())

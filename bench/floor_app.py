@@ -1,43 +1,52 @@
-"""The floor: a minimal hand-written gevent SSE fan-out, to measure flask_sse_ext against.
+"""The floor: the leanest hand-written gevent SSE fan-out we could write, to measure against.
 
-Plain WSGI (no Flask), meant for ``gunicorn -k gevent -w 1 floor_app:app``. Per worker it
-holds ONE Redis connection for pub/sub (raw socket, RESP parsed by hiredis) and subscribes to
-a channel when its first local client arrives. Each event is encoded once and appended to a
-bounded deque per client; a client's stream writes everything queued in one chunk. A client
-whose queue is full is cut. No history, no replay, no ids: the least work a correct fan-out
-does, so ``ext / floor`` is the price of flask_sse_ext's features and design.
+Plain WSGI (no Flask), meant for ``gunicorn -k gevent -w 1 floor_app:app``. Per worker ONE
+greenlet reads ONE Redis pub/sub connection (raw socket, RESP parsed by hiredis) and, for each
+event, frames it once as an HTTP/1.1 chunk and writes it with one non-blocking ``send`` to every
+client's socket, from that greenlet: no wake-up, no switch, no WSGI write per client. A
+client whose socket would block (or took only part of a chunk) keeps the rest in a backlog that
+its own request greenlet writes (gevent ``sendall``), and later events queue behind it, so the
+bytes stay in order; a backlog of ``QUEUE_SIZE`` chunks cuts the client. The request greenlet
+writes the response head itself on ``environ["gunicorn.socket"]`` and then parks until its
+client is cut or gone. One ticker greenlet writes the heartbeat comment every 15 s.
 
-``GET /stream?channel=NAME`` streams one channel; ``POST /publish`` with JSON
-``{"data": str, "channel": str}`` publishes through Redis (the bench publishes straight to
-Redis with ``PUBLISH``). Redis comes from ``BENCH_REDIS_URL`` (``redis://127.0.0.1:PORT/0``).
+No history, no replay, no ids: the least work a correct fan-out does, so ``ext / floor`` is
+the price of flask_sse_ext's features and design.
+
+``GET /stream?channel=NAME`` streams one channel (the bench publishes straight to Redis with
+``PUBLISH``). Redis comes from ``BENCH_REDIS_URL`` (``redis://127.0.0.1:PORT/0``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterator, List, Set
+from typing import Any, Callable, Dict, List, Set
 from urllib.parse import parse_qs, urlparse
 
 import gevent
 import hiredis
 from gevent import socket
 from gevent.event import Event
-from gevent.lock import Semaphore
+from gunicorn.workers.base_async import ALREADY_HANDLED
 
 QUEUE_SIZE = 1000
 HEARTBEAT = 15.0
 _CHANNEL = re.compile(r"[A-Za-z0-9_\-.:@/]{1,200}")
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+    b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
 
 
-def encode(payload: bytes) -> bytes:
-    """One SSE event from the published bytes (every line a ``data:`` line)."""
+def chunk(payload: bytes) -> bytes:
+    """One SSE event from the published bytes, framed as one HTTP/1.1 chunk."""
     if b"\n" not in payload and b"\r" not in payload:
-        return b"data: " + payload + b"\n\n"
-    return b"".join(b"data: " + line + b"\n" for line in _LINE_BREAK.split(payload)) + b"\n"
+        event = b"data: " + payload + b"\n\n"
+    else:
+        event = b"".join(b"data: " + line + b"\n" for line in _LINE_BREAK.split(payload)) + b"\n"
+    return b"%x\r\n%s\r\n" % (len(event), event)
 
 
 def _command(*parts: bytes) -> bytes:
@@ -48,10 +57,11 @@ def _command(*parts: bytes) -> bytes:
 
 
 class Client:
-    __slots__ = ("queue", "wake", "cut")
+    __slots__ = ("send", "backlog", "wake", "cut")
 
-    def __init__(self) -> None:
-        self.queue: Deque[bytes] = deque()
+    def __init__(self, sock: Any) -> None:
+        self.send = sock._sock.send  # the non-blocking OS socket under gevent's wrapper
+        self.backlog: List[bytes] = []
         self.wake = Event()
         self.cut = False
 
@@ -62,29 +72,20 @@ class Fanout:
     def __init__(self, host: str, port: int) -> None:
         self.sock = socket.create_connection((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.send_lock = Semaphore()
         self.clients: Dict[bytes, Set[Client]] = {}
         self.confirmed: Dict[bytes, Event] = {}
-        self.pending: Dict[bytes, Deque[Event]] = {}  # SUBSCRIBE replies come in order
         gevent.spawn(self._read)
-
-    def _send(self, data: bytes) -> None:
-        with self.send_lock:  # one command at a time on the shared socket
-            self.sock.sendall(data)
+        gevent.spawn(self._heartbeat)
 
     def attach(self, channel: bytes, client: Client) -> None:
         """Route ``channel`` to ``client``; return once Redis has confirmed the subscription."""
         clients = self.clients.get(channel)
-        if clients is not None:
-            clients.add(client)
-            confirmed = self.confirmed[channel]
-        else:
-            self.clients[channel] = {client}
-            confirmed = self.confirmed[channel] = Event()
-            self.pending.setdefault(channel, deque()).append(confirmed)
-            self._send(_command(b"SUBSCRIBE", channel))
-        if not confirmed.wait(5):
-            self.detach(channel, client)
+        if clients is None:
+            self.clients[channel] = clients = set()
+            self.confirmed[channel] = Event()
+            self.sock.sendall(_command(b"SUBSCRIBE", channel))
+        clients.add(client)
+        if not self.confirmed[channel].wait(5):
             raise RuntimeError("Redis did not confirm SUBSCRIBE")
 
     def detach(self, channel: bytes, client: Client) -> None:
@@ -95,7 +96,7 @@ class Fanout:
         if not clients:
             del self.clients[channel]
             del self.confirmed[channel]
-            self._send(_command(b"UNSUBSCRIBE", channel))
+            self.sock.sendall(_command(b"UNSUBSCRIBE", channel))
 
     def _read(self) -> None:
         reader = hiredis.Reader()
@@ -109,30 +110,42 @@ class Fanout:
                 reply = reader.gets()
                 if reply is False:
                     break
-                kind = reply[0]
-                if kind == b"message":
-                    self._fan_out(reply[1], reply[2])
-                elif kind == b"subscribe":
-                    waiting = self.pending.get(reply[1])
-                    if waiting:
-                        waiting.popleft().set()
-                        if not waiting:
-                            del self.pending[reply[1]]
+                if reply[0] == b"message":
+                    clients = self.clients.get(reply[1])
+                    if clients:
+                        write_all(clients, chunk(reply[2]))
+                elif reply[0] == b"subscribe" and reply[1] in self.confirmed:
+                    self.confirmed[reply[1]].set()
 
-    def _fan_out(self, channel: bytes, payload: bytes) -> None:
-        clients = self.clients.get(channel)
-        if not clients:
-            return
-        frame = encode(payload)
-        for client in clients:
-            queue = client.queue
-            if len(queue) >= QUEUE_SIZE:
+    def _heartbeat(self) -> None:
+        beat = b"3\r\n:\n\n\r\n"
+        while True:
+            gevent.sleep(HEARTBEAT)
+            for clients in list(self.clients.values()):
+                write_all(clients, beat)
+
+
+def write_all(clients: Set[Client], data: bytes) -> None:
+    """``data`` to every client: one non-blocking send each; the rest to its backlog."""
+    for client in clients:
+        if client.backlog:
+            if len(client.backlog) >= QUEUE_SIZE:
                 client.cut = True
                 client.wake.set()
-                continue
-            queue.append(frame)
-            if len(queue) == 1:
-                client.wake.set()
+            else:
+                client.backlog.append(data)
+            continue
+        try:
+            sent = client.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            client.cut = True
+            client.wake.set()
+            continue
+        if sent < len(data):
+            client.backlog.append(data[sent:])
+            client.wake.set()
 
 
 _state: Dict[str, Any] = {"pid": None}
@@ -143,73 +156,50 @@ def _fanout() -> Fanout:
         url = urlparse(os.environ["BENCH_REDIS_URL"])
         _state["fanout"] = Fanout(url.hostname or "127.0.0.1", url.port or 6379)
         _state["pid"] = os.getpid()
-        _state["publisher"] = None
     return _state["fanout"]  # type: ignore[no-any-return]
 
 
-def _stream(fanout: Fanout, channel: bytes, client: Client) -> Iterator[bytes]:
-    try:
-        yield b"retry: 3000\n\n"  # headers go out with the first chunk, after SUBSCRIBE is confirmed
-        queue = client.queue
-        wake = client.wake
-        while not client.cut:
-            if not queue:
-                wake.clear()
-                if not wake.wait(HEARTBEAT) and not queue:
-                    yield b":\n\n"
-                    continue
-            if client.cut:
-                break
-            if len(queue) == 1:
-                chunk = queue.popleft()
-            else:
-                chunk = b"".join(queue)
-                queue.clear()
-            yield chunk
-    finally:
-        fanout.detach(channel, client)
-
-
-def _respond(start_response: Callable[..., Any], status: str, body: Any) -> List[bytes]:
-    data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+def _serve(sock: Any, client: Client) -> None:
+    """Park until the client is cut or gone; write its backlog when the dispatcher left one."""
+    backlog = client.backlog
+    while not client.cut:
+        client.wake.wait()
+        client.wake.clear()
+        while backlog and not client.cut:
+            data = backlog[0] if len(backlog) == 1 else b"".join(backlog)
+            count = len(backlog)
+            try:
+                sock.sendall(data)  # gevent: waits for the socket without blocking the worker
+            except OSError:
+                return
+            del backlog[:count]  # only now: the dispatcher queues behind a pending backlog
 
 
 def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
     path = environ.get("PATH_INFO", "")
-    method = environ.get("REQUEST_METHOD", "GET")
-    if path == "/stream" and method == "GET":
-        names = parse_qs(environ.get("QUERY_STRING", "")).get("channel") or ["sse"]
-        name = names[0]
+    if path == "/stream":
+        name = (parse_qs(environ.get("QUERY_STRING", "")).get("channel") or ["sse"])[0]
         if not _CHANNEL.fullmatch(name):
-            return _respond(start_response, "400 Bad Request", {"error": "bad channel"})
+            start_response("400 Bad Request", [("Content-Length", "0")])
+            return [b""]
         fanout = _fanout()
         channel = name.encode()
-        client = Client()
-        fanout.attach(channel, client)
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "text/event-stream; charset=utf-8"),
-                ("Cache-Control", "no-cache"),
-                ("X-Accel-Buffering", "no"),
-            ],
-        )
-        return _stream(fanout, channel, client)
-    if path == "/publish" and method == "POST":
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = json.loads(environ["wsgi.input"].read(length) or b"{}")
-        _fanout()
-        if _state["publisher"] is None:
-            import redis
-
-            _state["publisher"] = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-        data = body.get("data", "")
-        if not isinstance(data, str):
-            data = json.dumps(data, separators=(",", ":"))
-        count = _state["publisher"].publish(body.get("channel", "sse"), data.encode())
-        return _respond(start_response, "200 OK", {"receivers": count})
+        sock = environ["gunicorn.socket"]
+        client = Client(sock)
+        # The head goes first through the backlog: events that arrive meanwhile queue behind it.
+        client.backlog.append(_HEAD + b"d\r\nretry: 3000\n\n\r\n")
+        try:
+            fanout.attach(channel, client)  # the head goes out once Redis confirmed SUBSCRIBE
+            client.wake.set()
+            _serve(sock, client)
+        except OSError:
+            pass
+        finally:
+            fanout.detach(channel, client)
+        return ALREADY_HANDLED
     if path == "/ping":
-        return _respond(start_response, "200 OK", {"pid": os.getpid()})
-    return _respond(start_response, "404 Not Found", {"error": "not found"})
+        body = b'{"pid": %d}' % os.getpid()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    start_response("404 Not Found", [("Content-Length", "0")])
+    return [b""]

@@ -15,6 +15,10 @@ import time
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    if os.environ.get("BENCH_TRACEMALLOC"):  # idle_memory.py: who allocated what a stream holds
+        import tracemalloc
+
+        tracemalloc.start(12)
     if os.environ.get("BENCH_EXT_HOOK"):  # flask_sse_ext targets: as the project's gunicorn.conf.py
         from flask_sse_ext.gunicorn import post_worker_init as ext_hook
 

@@ -1,4 +1,5 @@
-"""Benchmark flask_sse_ext against flask-sse and a hand-written floor. See bench/README.md.
+"""Benchmark flask_sse_ext against its peers (a lean hand-written gevent floor, Node.js/Express
+with ioredis, sse-starlette on uvicorn/uvloop, flask-sse). See bench/README.md.
 
     python bench/run.py                      # the default set (about 13 minutes on 2 cores)
     python bench/run.py --quick              # a smoke run (about 2 minutes)
@@ -7,10 +8,10 @@
     python bench/run.py --scenarios multihost    # 2 hosts x 2 workers on a 3-shard Redis Cluster
 
 Everything runs on 127.0.0.1: one redis-server of its own, and for every (scenario, target)
-a fresh ``gunicorn -k gevent -w 1`` server, a load generator process (bench/loadgen.py) and a
+a fresh ``gunicorn -k gevent -w 1`` server (node and uvicorn: one process), a load generator process (bench/loadgen.py) and a
 publisher in this process. The multihost scenario adds a Redis Cluster (3 masters + 3 replicas,
 tests/support/redis_ha.py) and two gunicorn masters of 2 workers each, on 127.0.0.1 and
-127.0.0.2. Prints one table and saves bench/results/<timestamp>.json.
+127.0.0.2. Prints one table, saves bench/results/<timestamp>.json and draws the chart.
 """
 
 from __future__ import annotations
@@ -355,6 +356,7 @@ class Target:
     uses_redis: bool
     ready: str  # how the load generator knows a stream is open: "headers" or "sent"
     publisher: str
+    server: str = "gunicorn"  # gunicorn (-k gevent) | node (bench/node) | uvicorn (uvloop)
 
 
 TARGETS: Dict[str, Target] = {
@@ -364,6 +366,8 @@ TARGETS: Dict[str, Target] = {
         Target("ext-redis", "ext_app:app", True, "headers", "ext"),
         Target("flask-sse", "flask_sse_app:app", True, "sent", "flask-sse"),
         Target("floor", "floor_app:app", True, "headers", "redis"),
+        Target("node", "node/server.js", True, "headers", "redis", "node"),
+        Target("starlette", "starlette_app:app", True, "headers", "redis", "uvicorn"),
     )
 }
 
@@ -505,6 +509,8 @@ class Server:
         workers: int = 1,
         host: str = "127.0.0.1",
         cluster: bool = False,
+        also: Sequence[str] = (),
+        worker_connections: int = 30000,
     ) -> None:
         self.target = target
         self.host = host
@@ -540,8 +546,9 @@ class Server:
             str(workers),
             "-b",
             f"{host}:{self.port}",
+            *[arg for other in also for arg in ("-b", f"{other}:{self.port}")],  # same port
             "--worker-connections",
-            "30000",
+            str(worker_connections),
             "--backlog",
             "4096",
             "--graceful-timeout",
@@ -555,9 +562,20 @@ class Server:
             *_gunicorn_args(),
             target.app,
         ]
+        if target.server == "node":  # one process: the server is its own worker
+            cmd = ["node", str(BENCH / target.app), str(self.port), redis_url]
+        elif target.server == "uvicorn":
+            cmd = [
+                *[sys.executable, "-m", "uvicorn", "--host", host, "--port", str(self.port)],
+                *["--loop", "uvloop", "--http", "httptools", "--backlog", "4096"],
+                *["--log-level", "warning", "--no-access-log", target.app],
+            ]
         with open(self.log_path, "wb") as logf:
             self.proc = _popen(cmd, cwd=BENCH, env=env, stdout=logf, stderr=subprocess.STDOUT)
-        self.workers = self._find_workers(workers)
+        if target.server != "gunicorn":
+            self.workers = [self.proc.pid]
+        else:
+            self.workers = self._find_workers(workers)
         self.worker = self.workers[0]
         _EXTRA_PIDS.extend(self.workers)
         self._wait_port()
@@ -952,6 +970,10 @@ def run_stream_scenario(
     try:
         server = Server(target, redis_server.url, args.gc_threshold, args.gc_log, sc.workers)
         publisher = PUBLISHERS[target.publisher](server.port, redis_server.url)
+        time.sleep(0.3)
+        # What a user's worker grows by: from before any stream was ever opened (the first
+        # stream costs imports, the broker, buffers) to N streams open.
+        rss_start = sum(rss_kib(pid) for pid in server.workers)
         for _ in range(3 * sc.workers):  # each worker most likely served one
             warm_up(server, publisher)
         time.sleep(0.3)
@@ -987,8 +1009,9 @@ def run_stream_scenario(
         res["ready_streams"] = ready["ready"]
         time.sleep(1.0 if sc.clients >= 1000 else 0.5)  # let the worker settle before measuring
         rss1 = sum(rss_kib(pid) for pid in server.workers)
-        res["rss_kib"] = {"idle_0": rss0, "idle_n": rss1}
-        res["rss_per_conn_kib"] = (rss1 - rss0) / sc.clients
+        res["rss_kib"] = {"start": rss_start, "idle_0": rss0, "idle_n": rss1}
+        res["rss_per_conn_kib"] = (rss1 - rss_start) / sc.clients
+        res["rss_per_conn_after_warmup_kib"] = (rss1 - rss0) / sc.clients
         # With several workers: the most any one of them holds.
         res["redis_clients"] = (
             max(redis_server.clients_of(pid) for pid in server.workers) if target.uses_redis else None
@@ -1529,6 +1552,7 @@ ROWS: List[Tuple[str, Callable[[Dict[str, Any]], Any]]] = [
         ),
     ),
     ("worker RSS KiB/idle conn", lambda r: r.get("rss_per_conn_kib")),
+    ("  from after warm-up", lambda r: r.get("rss_per_conn_after_warmup_kib")),
     ("Redis clients/worker", lambda r: r.get("redis_clients")),
     ("accept N conns s", lambda r: r.get("accept_s")),
     ("publish call p50 ms", lambda r: r.get("publish_ms", {}).get("p50")),
@@ -1622,8 +1646,13 @@ def render_table(scenarios: List[Scenario], targets: List[str], runs: List[Dict[
     by: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     for r in sorted(runs, key=lambda r: r.get("round", 0)):
         by.setdefault((r["scenario"], r["target"]), []).append(r)
-    ratios = [(t, "floor") for t in ("ext-memory", "ext-redis") if t in targets and "floor" in targets]
-    header = ["metric", *targets, *[f"{a}/floor" for a, _ in ratios]]
+    ratios = [
+        (t, peer)
+        for t in ("ext-memory", "ext-redis")
+        for peer in ("floor", "node", "starlette")
+        if t in targets and peer in targets
+    ]
+    header = ["metric", *targets, *[f"{a}/{b}" for a, b in ratios]]
     rows: List[List[str]] = []
     for sc in scenarios:
         rounds = f"; median of {sc.rounds} rounds" if sc.rounds > 1 else ""
@@ -1750,19 +1779,32 @@ def profile_text(runs: List[Dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def ensure_requirements(skip: bool) -> None:
-    try:
-        import flask_sse  # noqa: F401
+#: What each peer target imports, from bench/requirements.txt.
+PEER_MODULES = {
+    "flask-sse": ("flask_sse",),
+    "starlette": ("sse_starlette", "uvicorn", "uvloop", "httptools"),
+}
 
-        return
-    except ImportError:
-        pass
-    if skip:
-        raise SystemExit("flask-sse is not installed: pip install -r bench/requirements.txt")
-    print("installing bench/requirements.txt (flask-sse is missing) ...", file=sys.stderr)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt")], check=True
-    )
+
+def ensure_requirements(skip: bool, targets: Sequence[str]) -> None:
+    """pip-install bench/requirements.txt when a peer's package is missing, and the Node
+    peer's packages (``npm ci`` from bench/node/package-lock.json) when node_modules is."""
+    import importlib.util
+
+    wanted = [m for t in targets for m in PEER_MODULES.get(t, ())]
+    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
+    if missing:
+        if skip:
+            raise SystemExit(f"{', '.join(missing)} missing: pip install -r bench/requirements.txt")
+        print(f"installing bench/requirements.txt ({', '.join(missing)} missing) ...", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt")], check=True
+        )
+    if "node" in targets and not (BENCH / "node" / "node_modules").is_dir():
+        if skip:
+            raise SystemExit("bench/node/node_modules missing: (cd bench/node && npm ci)")
+        print("installing bench/node (npm ci) ...", file=sys.stderr)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH / "node", check=True)
 
 
 def versions(redis_server: RedisServer) -> Dict[str, str]:
@@ -1889,6 +1931,12 @@ def main() -> None:
         help="rounds of fanout scenarios of more than 1,000 clients (default 1)",
     )
     p.add_argument("--no-install", action="store_true", help="do not pip-install bench/requirements.txt")
+    p.add_argument(
+        "--chart",
+        type=Path,
+        default=None,
+        help="where to draw the chart of the fanout scenarios (default bench/results/<stamp>.svg)",
+    )
     args = p.parse_args()
     if args.targets is None:
         only_multihost = bool(args.scenarios) and all(n == "multihost" for n in args.scenarios)
@@ -1898,8 +1946,7 @@ def main() -> None:
     for t in args.targets:
         if t not in TARGETS:
             raise SystemExit(f"unknown target {t!r}: choose among {', '.join(TARGETS)}")
-    if "flask-sse" in args.targets:
-        ensure_requirements(args.no_install)
+    ensure_requirements(args.no_install, args.targets)
     scenarios = build_scenarios(args)
     for sc in scenarios:
         if sc.clients > 15000 or max(sc.counts, default=0) > 15000:
@@ -1978,6 +2025,17 @@ def main() -> None:
                                 f"         failed: {r.get('failure', '')[:300]}", file=sys.stderr, flush=True
                             )
                         continue
+                    if sc.workers > 1 and target.server != "gunicorn":
+                        runs.append(
+                            {
+                                "scenario": sc.name,
+                                "target": name,
+                                "round": round_,
+                                "ok": None,
+                                "skipped": "one process: the bench starts node and uvicorn with one",
+                            }
+                        )
+                        continue
                     if sc.workers > 1 and not target.uses_redis:
                         runs.append(
                             {
@@ -2018,6 +2076,12 @@ def main() -> None:
     prof = profile_text(runs)
     if prof:
         print("\nprofiles (py-spy, worker, publish phase):\n" + prof)
+    if any(sc.kind == "fanout" and sc.workers == 1 for sc in scenarios):
+        from chart import render
+
+        chart = args.chart or RESULTS / f"{stamp}.svg"
+        render(runs, chart)
+        print(f"chart: {chart}")
     print(f"\nsaved {out.relative_to(ROOT)}  ({meta['wall_s']:.0f}s; compare columns within this run only)")
 
 

@@ -328,6 +328,7 @@ class Hub:
 
     def shutdown(self) -> None:
         """End every open stream (after it sends what it has queued), and every later one."""
+        self.broker.flush()  # what was published here goes out before the streams end
         with self._lock:
             self.closing = True
             for client in self._all:

@@ -241,6 +241,7 @@ def test_delivered_replayed_and_lagged_counters(app: Flask) -> None:
     with app.app_context():
         for i in range(2):  # the replaying client reads nothing: its queue of 2 overflows
             sse.publish(str(i), channel="c")
+        wait_until(lambda: sse.stats()["lagged"], message="the dispatcher did not cut the client")
         stats = sse.stats()
     assert (stats["replayed"], stats["delivered"], stats["lagged"]) == (1, 1, 1)
     replaying.close()

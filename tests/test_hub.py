@@ -8,6 +8,7 @@ import pytest
 
 from flask_sse_ext.brokers.memory import MemoryBroker
 from flask_sse_ext.hub import LAGGED, SHUTDOWN, Client, Hub
+from support.waiting import wait_until
 
 
 def test_every_client_gets_the_same_bytes_object() -> None:
@@ -17,6 +18,7 @@ def test_every_client_gets_the_same_bytes_object() -> None:
     for client in clients:
         hub.attach(client)
     message = broker.publish("c", b"data: x\n")
+    wait_until(lambda: all(c.queue for c in clients))  # the broker's dispatcher delivers
     assert all(c.queue[0] is message and c.wake.is_set() for c in clients)
     assert len({id(c.queue[0].frame) for c in clients}) == 1
 
@@ -50,6 +52,7 @@ def _cut_when_full(server_side: socket.socket, peer: socket.socket) -> None:
     hub.attach(fast)
     for i in range(5):
         broker.publish("c", b"data: %d\n" % i)
+    wait_until(lambda: len(fast.queue) == 5)
     assert slow.closed == LAGGED
     assert peer.recv(1) == b""  # the peer sees the end of the connection
     with pytest.raises(OSError):

@@ -232,6 +232,10 @@ class Broker(ABC):
         broker cannot keep claims at all."""
         raise BrokerError(f"{type(self).__name__} cannot keep single-use claims (stream tickets)")
 
+    def flush(self) -> None:
+        """Deliver now what this process published and has not delivered yet (before a
+        shutdown ends the streams); here, nothing waits."""
+
     def close(self) -> None:
         """Release connections and background work."""
 
