@@ -103,7 +103,9 @@ def _portable(claims: Mapping[str, Any]) -> Dict[str, Any]:
         # allow_nan=False: NaN and Infinity are no JSON.
         restored = json.loads(json.dumps(plain, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"The identity's claims cannot go into a ticket: they must be JSON ({exc})") from None
+        raise ValueError(
+            f"The identity's claims cannot go into a ticket: they must be JSON ({exc})"
+        ) from None
     if restored != plain:
         raise ValueError(
             "The identity's claims cannot go into a ticket: JSON does not carry them unchanged "

@@ -163,7 +163,9 @@ def test_a_tab_that_adds_a_channel_widens_the_stream_without_loss(
     assert server.stats()["channels"] == 2
 
 
-def test_a_tab_asking_for_a_forbidden_channel_alone_gets_the_error(start_server: StartServer, page: Page) -> None:
+def test_a_tab_asking_for_a_forbidden_channel_alone_gets_the_error(
+    start_server: StartServer, page: Page
+) -> None:
     """Regression: the leader widened the union with no check, the wider stream got a 403, and
     every tab stopped. Now the leader reopens the last union that worked and only the tab that
     asked gets the error; tabs that ask together are added one at a time, so the one with an
@@ -178,7 +180,9 @@ def test_a_tab_asking_for_a_forbidden_channel_alone_gets_the_error(start_server:
 
     nosy = open_tab(page.context.new_page(), server, ["secret"])
     nosy.wait_for_function("window.run.conn.readyState === 2", timeout=5000)
-    assert nosy.evaluate("window.run.errors") == ["HTTP 403: the shared stream cannot add this tab's channels"]
+    assert nosy.evaluate("window.run.errors") == [
+        "HTTP 403: the shared stream cannot add this tab's channels"
+    ]
     # Two more at once: one forbidden, one allowed.
     late = [page.context.new_page(), page.context.new_page()]
     for tab in late:
@@ -188,7 +192,9 @@ def test_a_tab_asking_for_a_forbidden_channel_alone_gets_the_error(start_server:
         tab.evaluate(OPEN_SHARED, channels)  # within the leader's 50 ms: one widening for both
     late[0].wait_for_function("window.run.conn.readyState === 2", timeout=5000)
     late[1].wait_for_function("window.run.conn.readyState === 1", timeout=5000)
-    assert late[0].evaluate("window.run.errors") == ["HTTP 403: the shared stream cannot add this tab's channels"]
+    assert late[0].evaluate("window.run.errors") == [
+        "HTTP 403: the shared stream cannot add this tab's channels"
+    ]
 
     events = [("a", "a-1"), ("b", "b-1"), ("c", "c-1"), ("secret", "s-1")]
     publish_all(server, events)

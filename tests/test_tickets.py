@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from flask import Flask
 
 from flask_sse_ext import SSE, AuthError, Identity
 from flask_sse_ext.gunicorn import redact
@@ -261,7 +262,7 @@ def test_ticket_is_single_use_across_workers_with_redis(
         first.close()
         spent_on = int(first.headers["x-pid"])
 
-        def elsewhere() -> Optional[Tuple[int, str]]:
+        def elsewhere(ticket: str = ticket, spent_on: int = spent_on) -> Optional[Tuple[int, str]]:
             """The ticket presented again, until the other worker answers (gunicorn hands each
             fresh connection to either one): it is spent there too."""
             again = RawStream(server.port, f"/stream?channel=news&ticket={ticket}")
@@ -402,15 +403,15 @@ def test_reauth_only_when_the_credential_ends_the_stream(start_server: StartServ
 CLAIMS_CHANNEL = "premium-feed"
 
 
-def claims_app(claims_of: Any = None) -> Tuple[SSE, Any]:
+def claims_app(claims_of: Optional[Dict[Any, Any]] = None) -> Tuple[SSE, Flask, List[Dict[str, Any]]]:
     """An app whose token loader puts the token's plan in the claims and whose ``authorize``
     hook reads ``premium-feed`` only with ``{"plan": "premium"}`` and never when suspended."""
     seen: List[Dict[str, Any]] = []
 
     def loader(text: str) -> Identity:
         user, _, plan = text.partition(":")
-        claims = {"plan": plan, "suspended": plan == "suspended"} if claims_of is None else claims_of
-        return Identity(user, claims=claims)
+        claims: Dict[Any, Any] = {"plan": plan, "suspended": plan == "suspended"}
+        return Identity(user, claims=claims if claims_of is None else claims_of)
 
     def authorize(identity: Optional[Identity], channel: str) -> bool:
         claims = dict(identity.claims) if identity is not None else {}
@@ -420,15 +421,17 @@ def claims_app(claims_of: Any = None) -> Tuple[SSE, Any]:
         return channel != CLAIMS_CHANNEL or claims.get("plan") == "premium"
 
     sse = SSE(token_loader=loader, authorize=authorize, ticket_endpoint=True)
-    return sse, (create_app(sse=sse), seen)
+    return sse, create_app(sse=sse), seen
 
 
 def test_ticket_keeps_the_claims_a_hook_grants_on() -> None:
     """Regression: a ticket dropped the token loader's claims, so a channel the hook grants
     on a claim got a ticket, then a 403 at the stream (and the ticket was spent)."""
-    _, (app, seen) = claims_app()
+    _, app, seen = claims_app()
     client = app.test_client()
-    answer = client.post(f"/stream/ticket?channel={CLAIMS_CHANNEL}", headers={"Authorization": "Bearer ann:premium"})
+    answer = client.post(
+        f"/stream/ticket?channel={CLAIMS_CHANNEL}", headers={"Authorization": "Bearer ann:premium"}
+    )
     assert answer.status_code == 200, answer.get_data()
     ticket = answer.get_json()["ticket"]
     response = client.get(f"/stream?channel={CLAIMS_CHANNEL}&ticket={ticket}", buffered=False)
@@ -436,14 +439,16 @@ def test_ticket_keeps_the_claims_a_hook_grants_on() -> None:
     response.close()
     # The hook saw the loader's claims at the stream, and that a ticket opened it.
     assert seen[-1] == {"plan": "premium", "suspended": False, "ticket": True}
-    refused = client.post(f"/stream/ticket?channel={CLAIMS_CHANNEL}", headers={"Authorization": "Bearer ben:free"})
+    refused = client.post(
+        f"/stream/ticket?channel={CLAIMS_CHANNEL}", headers={"Authorization": "Bearer ben:free"}
+    )
     assert refused.status_code == 403
 
 
 def test_ticket_keeps_the_claims_a_hook_denies_on() -> None:
     """Regression: the hook denies on a claim, yet a ticket the app's own view made for the
     request's identity (``sse.issue_ticket()``) opened the stream with the claim gone."""
-    sse, (app, seen) = claims_app()
+    sse, app, seen = claims_app()
     with app.test_request_context("/", headers={"Authorization": "Bearer cy:suspended"}):
         ticket = sse.issue_ticket(channels=["news"])
     response = app.test_client().get(f"/stream?channel=news&ticket={ticket}", buffered=False)
@@ -468,8 +473,10 @@ def test_ticket_keeps_the_claims_a_hook_denies_on() -> None:
         ({"blob": secrets.token_urlsafe(4000)}, "keep the token loader's claims small"),
     ],
 )
-def test_claims_a_ticket_cannot_carry_are_refused_when_it_is_issued(claims: Dict[Any, Any], message: str) -> None:
-    sse, (app, _) = claims_app(claims_of=claims)
+def test_claims_a_ticket_cannot_carry_are_refused_when_it_is_issued(
+    claims: Dict[Any, Any], message: str
+) -> None:
+    sse, app, _ = claims_app(claims_of=claims)
     with app.app_context():
         with pytest.raises(ValueError, match=message):
             sse.issue_ticket("dee", ["news"], claims=claims)
