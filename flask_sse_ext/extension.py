@@ -78,14 +78,17 @@ class SSE:
         identity: Optional[str] = None,
         channels: Collection[str] = ("sse",),
         expires_in: Optional[float] = None,
+        claims: Optional[Mapping[str, Any]] = None,
     ) -> str:
         """A stream ticket: good for opening one stream on (some of) ``channels`` as
         ``identity``, once, within ``expires_in`` seconds (default ``SSE_TICKET_TTL``); the
         page opens ``<stream URL>?channel=...&ticket=<ticket>``. ``identity`` defaults to the
         current request's (Bearer token or Flask-Login session), and a stream opened with the
-        ticket ends when that request's token expires. Raises ``AuthError`` when there is no
-        identity, ``ValueError`` for bad ``channels`` (a ``str``, a bad name, another
-        identity's private channel). Needs an app (and, without ``identity``, a request)
+        ticket ends when that request's token expires. ``claims`` (by default the request's,
+        from the token loader) reach the ``authorize`` hook at the stream, with
+        ``"ticket": True``. Raises ``AuthError`` when there is no identity, ``ValueError``
+        for bad ``channels`` (a ``str``, a bad name, another identity's private channel) or
+        claims that are not plain JSON. Needs an app (and, without ``identity``, a request)
         context."""
         state = self.state()
         stream_expires_at = None
@@ -94,8 +97,9 @@ class SSE:
             if current is None:
                 raise AuthError("no identity: pass one, or call this in a request with credentials")
             identity, stream_expires_at = current.id, current.expires_at
+            claims = current.claims if claims is None else claims
         ttl = state.settings.ticket_ttl if expires_in is None else expires_in
-        return issue_ticket_for(current_app, identity, channels, ttl, stream_expires_at)
+        return issue_ticket_for(current_app, identity, channels, ttl, stream_expires_at, claims)
 
     def init_app(self, app: Flask) -> None:
         """Read and validate the config, and register the ``sse`` blueprint.

@@ -3,7 +3,8 @@
 Registered when ``SSE_TICKET_ENDPOINT`` is on. The channels come as ``?channel=`` (repeated)
 or a JSON body ``{"channels": [...]}``; the answer is ``{"ticket": ..., "expires_in": ...}``.
 The same checks as the stream run here, so a ticket exists only for channels its identity may
-read: origin (403), channel names (400), credentials (401), channel rules (403).
+read: origin (403), channel names (400), credentials (401), channel rules (403), claims of the
+token loader that cannot travel in a ticket (422).
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ def ticket_view() -> Response:
         if not allowed(state, identity, channel):
             return _answer(403, f"Not allowed to read channel {channel!r}", cors)
     ttl = settings.ticket_ttl
-    ticket = issue_ticket(current_app, identity.id, channels, ttl, identity.expires_at)
+    try:
+        ticket = issue_ticket(current_app, identity.id, channels, ttl, identity.expires_at, identity.claims)
+    except ValueError as exc:
+        # The token loader's claims cannot travel in a ticket: the credential itself still
+        # opens the stream (a Bearer header through the fetch client).
+        return _answer(422, f"{exc}; open the stream with the credential instead", cors)
     response = jsonify(ticket=ticket, expires_in=ttl)
     response.headers.update({**cors, "Cache-Control": "no-store"})
     return response

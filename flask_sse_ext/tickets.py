@@ -12,9 +12,10 @@ accepted as a token, nor a token as a ticket. Its single use is kept by the brok
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
-from typing import Any, Callable, Collection, Dict, Optional, Sequence
+from typing import Any, Callable, Collection, Dict, Mapping, Optional, Sequence
 
 from flask import Flask
 from itsdangerous import BadData, URLSafeSerializer
@@ -25,6 +26,9 @@ from .config import validate_channel
 __all__ = ["TicketRefused", "issue_ticket", "redeem_ticket"]
 
 _SALT = "flask-sse-ext.ticket"
+
+#: The longest ticket ``redeem_ticket`` reads: it travels in a URL.
+MAX_TICKET_LENGTH = 4096
 
 #: Claims the nonce of a ticket: ``True`` the first time, ``False`` after (``Broker.claim_once``).
 Claim = Callable[[str, float], bool]
@@ -51,11 +55,14 @@ def issue_ticket(
     channels: Collection[str],
     expires_in: float,
     stream_expires_at: Optional[float] = None,
+    claims: Optional[Mapping[str, Any]] = None,
 ) -> str:
     """A ticket for ``identity`` to open one stream on (some of) ``channels`` within
     ``expires_in`` seconds; the stream it opens ends at ``stream_expires_at`` (epoch seconds),
-    when the credential it was traded for expires. Raises ``ValueError`` for an empty identity,
-    a ``str`` or empty ``channels``, a bad channel name or another identity's private channel."""
+    when the credential it was traded for expires. ``claims`` (the token loader's, for the
+    ``authorize`` hook) travel signed inside the ticket. Raises ``ValueError`` for an empty
+    identity, a ``str`` or empty ``channels``, a bad channel name, another identity's private
+    channel, or claims that JSON does not carry unchanged (or that make the ticket too long)."""
     if not isinstance(identity, str) or not identity:
         raise ValueError(f"A ticket needs a non-empty identity, got {identity!r}")
     if isinstance(channels, str):
@@ -77,7 +84,34 @@ def issue_ticket(
     }
     if stream_expires_at is not None:
         payload["until"] = round(stream_expires_at, 3)
-    return str(_serializer(app).dumps(payload))
+    if claims:
+        payload["cl"] = _portable(claims)
+    ticket = str(_serializer(app).dumps(payload))
+    if len(ticket) > MAX_TICKET_LENGTH:
+        raise ValueError(
+            f"The identity's claims make the ticket {len(ticket)} characters long, over "
+            f"{MAX_TICKET_LENGTH}: keep the token loader's claims small"
+        )
+    return ticket
+
+
+def _portable(claims: Mapping[str, Any]) -> Dict[str, Any]:
+    """``claims`` as they come back out of the ticket, or ``ValueError``: the ``authorize``
+    hook must see at the stream exactly what it saw when the ticket was issued."""
+    plain = dict(claims)
+    try:
+        # allow_nan=False: NaN and Infinity are no JSON.
+        restored = json.loads(json.dumps(plain, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"The identity's claims cannot go into a ticket: they must be JSON ({exc})"
+        ) from None
+    if restored != plain:
+        raise ValueError(
+            "The identity's claims cannot go into a ticket: JSON does not carry them unchanged "
+            "(use str keys, lists rather than tuples or sets)"
+        )
+    return plain
 
 
 def redeem_ticket(
@@ -87,12 +121,13 @@ def redeem_ticket(
     other: Optional[Identity],
     claim: Claim,
 ) -> Identity:
-    """The identity a ticket opens ``channels`` as (its ``claims`` say ``{"ticket": True}`` to
-    the ``authorize`` hook), spending the ticket. ``other`` is the
+    """The identity a ticket opens ``channels`` as, spending the ticket: its ``claims`` are
+    those of the credential it was traded for, plus ``"ticket": True`` for the ``authorize``
+    hook. ``other`` is the
     identity of any other credential the request carries (a session cookie): it must be the
     ticket's. Raises ``TicketRefused``; raises ``BrokerError`` when the broker cannot tell
     whether the ticket was spent."""
-    if len(ticket) > 4096:
+    if len(ticket) > MAX_TICKET_LENGTH:
         raise TicketRefused(401, "invalid ticket")
     try:
         payload = _serializer(app).loads(ticket)
@@ -101,11 +136,13 @@ def redeem_ticket(
     if not isinstance(payload, dict):
         raise TicketRefused(401, "invalid ticket")
     identity, expires_at, allowed, nonce = (payload.get(k) for k in ("sub", "exp", "ch", "n"))
+    claims = payload.get("cl", {})
     if not (
         isinstance(identity, str)
         and isinstance(expires_at, (int, float))
         and isinstance(allowed, list)
         and isinstance(nonce, str)
+        and isinstance(claims, dict)
     ):
         raise TicketRefused(401, "invalid ticket")
     left = expires_at - time.time()
@@ -120,4 +157,4 @@ def redeem_ticket(
     # that no clock step lets it be used twice.
     if not claim("ticket:" + nonce, left + 1.0):
         raise TicketRefused(401, "ticket already used")
-    return Identity(identity, allowed, payload.get("until"), {"ticket": True})
+    return Identity(identity, allowed, payload.get("until"), {**claims, "ticket": True})

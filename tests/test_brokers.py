@@ -246,3 +246,27 @@ def test_claim_once_is_won_once_until_it_expires(make_broker: MakeBroker) -> Non
     made = time.monotonic()
     wait_until(lambda: time.monotonic() > made + 0.35)
     assert broker.claim_once("ticket:a", 0.3)
+
+
+def test_memory_claims_stay_single_use_among_thousands_of_live_ones() -> None:
+    """Many live claims (more than the 1,024 after which the old code rebuilt its table on
+    every call): each stays single-use until its own expiry, and an expired one is free again,
+    whatever order the claims were made and expire in."""
+    broker = MemoryBroker(5)
+    lasting = [f"ticket:long-{n}" for n in range(3000)]
+    brief = [f"ticket:short-{n}" for n in range(3000)]
+    for long_key, short_key in zip(lasting, brief):
+        assert broker.claim_once(long_key, 60)
+        assert broker.claim_once(short_key, 0.3)
+    assert not any(broker.claim_once(key, 60) for key in lasting + brief)
+    made = time.monotonic()
+    wait_until(lambda: time.monotonic() > made + 0.35)
+    assert not any(broker.claim_once(key, 60) for key in lasting)
+    # Expired: claimable again, once, now with the long ttl.
+    assert all(broker.claim_once(key, 60) for key in brief)
+    assert not any(broker.claim_once(key, 0.1) for key in brief)
+    # Re-claimed keys keep their new expiry when their first one's time comes and goes.
+    made = time.monotonic()
+    wait_until(lambda: time.monotonic() > made + 0.35)
+    assert broker.claim_once("ticket:another", 0.1)
+    assert not any(broker.claim_once(key, 60) for key in brief)

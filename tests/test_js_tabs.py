@@ -163,6 +163,50 @@ def test_a_tab_that_adds_a_channel_widens_the_stream_without_loss(
     assert server.stats()["channels"] == 2
 
 
+def test_a_tab_asking_for_a_forbidden_channel_alone_gets_the_error(
+    start_server: StartServer, page: Page
+) -> None:
+    """Regression: the leader widened the union with no check, the wider stream got a 403, and
+    every tab stopped. Now the leader reopens the last union that worked and only the tab that
+    asked gets the error; tabs that ask together are added one at a time, so the one with an
+    allowed channel still joins. The user is bob (a session cookie): "secret" is alice's."""
+    server = start_server(config=CONFIG)
+    page.goto(f"{server.url}/")
+    page.evaluate("async () => { await fetch('/login?user=bob', {method: 'POST'}); }")
+    one = open_tab(page, server, ["a"])
+    one.wait_for_function("window.run.conn.readyState === 1", timeout=5000)
+    two = open_tab(page.context.new_page(), server, ["b"])
+    two.wait_for_function("window.run.conn.readyState === 1", timeout=5000)
+
+    nosy = open_tab(page.context.new_page(), server, ["secret"])
+    nosy.wait_for_function("window.run.conn.readyState === 2", timeout=5000)
+    assert nosy.evaluate("window.run.errors") == [
+        "HTTP 403: the shared stream cannot add this tab's channels"
+    ]
+    # Two more at once: one forbidden, one allowed.
+    late = [page.context.new_page(), page.context.new_page()]
+    for tab in late:
+        tab.goto(f"{server.url}/")
+        tab.wait_for_function("window.ready === true", timeout=5000)
+    for tab, channels in zip(late, (["secret", "c"], ["c"])):
+        tab.evaluate(OPEN_SHARED, channels)  # within the leader's 50 ms: one widening for both
+    late[0].wait_for_function("window.run.conn.readyState === 2", timeout=5000)
+    late[1].wait_for_function("window.run.conn.readyState === 1", timeout=5000)
+    assert late[0].evaluate("window.run.errors") == [
+        "HTTP 403: the shared stream cannot add this tab's channels"
+    ]
+
+    events = [("a", "a-1"), ("b", "b-1"), ("c", "c-1"), ("secret", "s-1")]
+    publish_all(server, events)
+    for tab, mine in ((one, ["a"]), (two, ["b"]), (late[1], ["c"])):
+        tab.wait_for_function("window.run.events.length === 1", timeout=5000)
+        assert tab.evaluate("window.run.events") == expected(events, mine)
+        assert tab.evaluate("[window.run.errors, window.run.conn.readyState]") == [[], 1]
+    assert nosy.evaluate("window.run.events") == [] and late[0].evaluate("window.run.events") == []
+    wait_until(lambda: server.stats()["streams"] == 1, message=server.stats)
+    assert server.stats()["channels"] == 3  # a, b and c: never secret
+
+
 def test_without_web_locks_each_tab_has_its_own_stream(start_server: StartServer, page: Page) -> None:
     server = start_server(config=CONFIG)
     tabs = []

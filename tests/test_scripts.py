@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import List, Sequence
 
-import pytest
-
 from support.paths import ROOT
 
 SCRIPT = ROOT / "scripts" / "test"
@@ -47,20 +45,27 @@ def test_without_apt_get_it_names_what_to_install(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody"
-)
+def as_another_user() -> List[str]:
+    """The command prefix that runs the script as a user who is not root: the suite's own user,
+    or, when the suite runs as root, nobody (through util-linux's ``setpriv``)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "running as root, the test needs setpriv (util-linux) to drop to nobody"
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
 def test_neither_root_nor_sudo_gets_the_command_to_run_as_root(tmp_path: Path) -> None:
-    # apt-get is there (a stand-in that fails if ever run); sudo is not; the user is nobody,
-    # who may enter the bin directory (pytest's own temporary directories are root's only).
+    """Runs as whoever runs the suite: never skipped (as root, it drops to nobody)."""
+    # apt-get is there (a stand-in that fails if ever run); sudo is not; the user is not root
+    # and may enter the bin directory (pytest's own temporary directories are root's only).
     shared = Path(tempfile.mkdtemp())
     try:
         shared.chmod(0o755)
         path = bin_dir(shared, ["false"])
         path.chmod(0o755)
         (path / "apt-get").symlink_to(path / "false")
-        setpriv = [str(shutil.which("setpriv")), "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-        result = run(path, setpriv)
+        result = run(path, as_another_user())
     finally:
         shutil.rmtree(shared)
     assert result.returncode == 1, result.stderr

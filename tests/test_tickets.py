@@ -8,12 +8,15 @@ the served app's ``SECRET_KEY`` (``support.app``), as an app's own view would ma
 from __future__ import annotations
 
 import json
+import secrets
 import time
+from datetime import datetime
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from flask import Flask
 
-from flask_sse_ext import SSE, AuthError
+from flask_sse_ext import SSE, AuthError, Identity
 from flask_sse_ext.gunicorn import redact
 from support.app import create_app
 from support.client import RawStream
@@ -251,15 +254,23 @@ def test_ticket_is_single_use_across_workers_with_redis(
 ) -> None:
     config = {**CONFIG, "SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix}
     server = start_server(config=config, workers=2)
-    for _ in range(6):
+    for _ in range(3):
         ticket = mint("fay", ["news"])
         first = RawStream(server.port, f"/stream?channel=news&ticket={ticket}")
         assert first.status == 200
         first.opening(retry=100)
         first.close()
-        # Each try is a fresh connection: gunicorn hands it to either worker.
-        second = RawStream(server.port, f"/stream?channel=news&ticket={ticket}")
-        assert refusal(second) == (401, "Invalid ticket: ticket already used")
+        spent_on = int(first.headers["x-pid"])
+
+        def elsewhere(ticket: str = ticket, spent_on: int = spent_on) -> Optional[Tuple[int, str]]:
+            """The ticket presented again, until the other worker answers (gunicorn hands each
+            fresh connection to either one): it is spent there too."""
+            again = RawStream(server.port, f"/stream?channel=news&ticket={ticket}")
+            answer = refusal(again)
+            assert answer == (401, "Invalid ticket: ticket already used")
+            return answer if int(again.headers["x-pid"]) != spent_on else None
+
+        wait_until(elsewhere, timeout=10, message="the other worker never answered")
     assert "Traceback" not in server.log()
 
 
@@ -384,3 +395,92 @@ def test_reauth_only_when_the_credential_ends_the_stream(start_server: StartServ
         assert stream.ended
         events = SSEParser().feed(b"".join(chunks))
         assert [e.type for e in events] == expected_events
+
+
+# -- a ticket carries the claims of the credential it was traded for --------------------------
+
+#: The app's own tokens in the claims tests: "<user>:<plan>", the plan being a claim.
+CLAIMS_CHANNEL = "premium-feed"
+
+
+def claims_app(claims_of: Optional[Dict[Any, Any]] = None) -> Tuple[SSE, Flask, List[Dict[str, Any]]]:
+    """An app whose token loader puts the token's plan in the claims and whose ``authorize``
+    hook reads ``premium-feed`` only with ``{"plan": "premium"}`` and never when suspended."""
+    seen: List[Dict[str, Any]] = []
+
+    def loader(text: str) -> Identity:
+        user, _, plan = text.partition(":")
+        claims: Dict[Any, Any] = {"plan": plan, "suspended": plan == "suspended"}
+        return Identity(user, claims=claims if claims_of is None else claims_of)
+
+    def authorize(identity: Optional[Identity], channel: str) -> bool:
+        claims = dict(identity.claims) if identity is not None else {}
+        seen.append(claims)
+        if claims.get("suspended"):
+            return False
+        return channel != CLAIMS_CHANNEL or claims.get("plan") == "premium"
+
+    sse = SSE(token_loader=loader, authorize=authorize, ticket_endpoint=True)
+    return sse, create_app(sse=sse), seen
+
+
+def test_ticket_keeps_the_claims_a_hook_grants_on() -> None:
+    """Regression: a ticket dropped the token loader's claims, so a channel the hook grants
+    on a claim got a ticket, then a 403 at the stream (and the ticket was spent)."""
+    _, app, seen = claims_app()
+    client = app.test_client()
+    answer = client.post(
+        f"/stream/ticket?channel={CLAIMS_CHANNEL}", headers={"Authorization": "Bearer ann:premium"}
+    )
+    assert answer.status_code == 200, answer.get_data()
+    ticket = answer.get_json()["ticket"]
+    response = client.get(f"/stream?channel={CLAIMS_CHANNEL}&ticket={ticket}", buffered=False)
+    assert response.status_code == 200, response.get_data()
+    response.close()
+    # The hook saw the loader's claims at the stream, and that a ticket opened it.
+    assert seen[-1] == {"plan": "premium", "suspended": False, "ticket": True}
+    refused = client.post(
+        f"/stream/ticket?channel={CLAIMS_CHANNEL}", headers={"Authorization": "Bearer ben:free"}
+    )
+    assert refused.status_code == 403
+
+
+def test_ticket_keeps_the_claims_a_hook_denies_on() -> None:
+    """Regression: the hook denies on a claim, yet a ticket the app's own view made for the
+    request's identity (``sse.issue_ticket()``) opened the stream with the claim gone."""
+    sse, app, seen = claims_app()
+    with app.test_request_context("/", headers={"Authorization": "Bearer cy:suspended"}):
+        ticket = sse.issue_ticket(channels=["news"])
+    response = app.test_client().get(f"/stream?channel=news&ticket={ticket}", buffered=False)
+    response.close()  # before the fix it was an endless stream
+    assert response.status_code == 403
+    assert seen[-1] == {"plan": "suspended", "suspended": True, "ticket": True}
+    # Claims given by hand are carried the same way.
+    with app.app_context():
+        ticket = sse.issue_ticket("cy", ["news"], claims={"suspended": True})
+    response = app.test_client().get(f"/stream?channel=news&ticket={ticket}", buffered=False)
+    response.close()
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "claims, message",
+    [
+        ({"at": datetime(2026, 12, 1)}, "they must be JSON"),
+        ({"score": float("nan")}, "they must be JSON"),
+        ({"roles": ("a", "b")}, "JSON does not carry them unchanged"),
+        ({1: "one"}, "JSON does not carry them unchanged"),
+        ({"blob": secrets.token_urlsafe(4000)}, "keep the token loader's claims small"),
+    ],
+)
+def test_claims_a_ticket_cannot_carry_are_refused_when_it_is_issued(
+    claims: Dict[Any, Any], message: str
+) -> None:
+    sse, app, _ = claims_app(claims_of=claims)
+    with app.app_context():
+        with pytest.raises(ValueError, match=message):
+            sse.issue_ticket("dee", ["news"], claims=claims)
+    answer = app.test_client().post("/stream/ticket?channel=news", headers={"Authorization": "Bearer dee:x"})
+    assert answer.status_code == 422
+    assert message in answer.get_data(as_text=True)
+    assert "open the stream with the credential instead" in answer.get_data(as_text=True)

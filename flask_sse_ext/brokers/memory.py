@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from .base import UNKNOWN, Broker, Cursor, Message, Position, Replay, parse_position
 from .memory_logs import MemoryLogs
@@ -60,8 +61,10 @@ class MemoryBroker(MemoryLogs, Broker):
         # Nothing from before this broker existed is known: that is the floor of every channel.
         self._floor: Position = (int(time.time() * 1000), 0)
         self._last = self._floor
-        #: Claimed keys (single-use tickets) and when they may be forgotten (monotonic).
+        #: Claimed keys (single-use tickets) and when they may be forgotten (monotonic), with
+        #: the same as a heap by expiry, so that forgetting costs only the expired ones.
         self._claims: Dict[str, float] = {}
+        self._expiries: List[Tuple[float, str]] = []
 
     def start(self, deliver: Callable[[Message], None], lost: Callable[[str], None]) -> None:
         self._deliver = deliver  # nothing is ever lost in one process
@@ -197,9 +200,13 @@ class MemoryBroker(MemoryLogs, Broker):
     def claim_once(self, key: str, ttl: float) -> bool:
         now = time.monotonic()
         with self._lock:
-            if len(self._claims) >= 1024:  # forget expired claims now and then, not per call
-                self._claims = {k: t for k, t in self._claims.items() if t > now}
-            if self._claims.get(key, 0.0) > now:
+            expiries = self._expiries
+            while expiries and expiries[0][0] <= now:
+                until, old = heapq.heappop(expiries)
+                if self._claims.get(old) == until:  # not claimed again since
+                    del self._claims[old]
+            if key in self._claims:
                 return False
             self._claims[key] = now + ttl
+            heapq.heappush(expiries, (now + ttl, key))
             return True

@@ -348,7 +348,9 @@ async function withCredential(url, headers, getCredential, reason) {
  * takes over at once and resumes from the last cursor every tab saw, with `Last-Event-ID`; each
  * tab drops an event it already has, so none is lost or repeated. A tab that asks for a
  * channel the stream lacks makes the leader reopen it for the larger union, resuming the
- * others. The leader's options (headers, `getCredential`) open the stream: share among tabs
+ * others. If the server refuses the larger union (a 4xx: a channel the leader's credential may
+ * not read), the leader reopens the last union that worked and only the tab that asked gets
+ * the error. The leader's options (headers, `getCredential`) open the stream: share among tabs
  * of one user. Without Web Locks or BroadcastChannel (or for another method than GET), each
  * tab opens its own stream.
  * @returns {{readyState: number, lastEventId: string, closed: Promise<void>, close(): void, readonly leader: boolean}}
@@ -364,6 +366,8 @@ export function connectShared(url, options = {}) {
   const name = "flask-sse-ext:" + target.href;
   const { onEvent, onOpen, onError, signal } = options;
   const bus = new BroadcastChannel(name);
+  /** This tab, for an error that is for it alone. */
+  const tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
   const seen = new Map(mine.map((channel) => [channel, new Set()]));
   /** What every tab knows of the shared stream: its channels and its last cursor. */
   const shared = { union: [], cursor: "" };
@@ -408,10 +412,10 @@ export function connectShared(url, options = {}) {
   bus.onmessage = ({ data: m }) => {
     if (m.t === "event") { note(m.union, m.cursor); deliver(m); }
     else if (m.t === "cursor") note(m.union, m.cursor);
-    else if (m.t === "hello" && leading) leading.join(m.channels);
-    else if (m.t === "who") bus.postMessage({ t: "hello", channels: mine });
+    else if (m.t === "hello" && leading) leading.join(m.channels, m.tab);
+    else if (m.t === "who") bus.postMessage({ t: "hello", channels: mine, tab });
     else if (m.t === "open") opened(m.channels);
-    else if (m.t === "error") report(m);
+    else if (m.t === "error" && (m.tab === undefined || m.tab === tab)) report(m);
   };
 
   /** The leader's stream opened: this tab is open once the stream carries all its channels
@@ -433,6 +437,29 @@ export function connectShared(url, options = {}) {
   /** Leads: holds the one stream for the union of every tab's channels. */
   function lead() {
     let union = sorted([...shared.union, ...mine]), stream = null, timer;
+    // The channels of the last stream that opened; the tabs that asked for channels beyond it
+    // (tab -> channels); tabs to add one at a time after a wider union was refused.
+    let good = shared.union.length ? union : null;
+    const asked = new Map(), waiting = [];
+    /** The stream on `channels` got a final 4xx: if tabs widened it, reopen the last union that
+     * worked, and tell the tab that asked (several: add them again one at a time to learn
+     * which). False when there is nothing to take back: every tab hears the error. */
+    const shed = (channels, e) => {
+      const base = good || sorted(mine);
+      if (!asked.size || channels.join() === base.join()) return false;
+      const tabs = [...asked];
+      asked.clear();
+      clearTimeout(timer);
+      timer = null;
+      union = base;
+      if (tabs.length > 1) waiting.push(...tabs);
+      else {
+        const message = `${e.message}: the shared stream cannot add this tab's channels`;
+        bus.postMessage({ t: "error", tab: tabs[0][0], message, status: e.status });
+      }
+      start();
+      return true;
+    };
     const start = () => {
       const channels = union; // this stream's: the union may grow while it runs
       const cursor = cursorFor(channels, shared.union, shared.cursor);
@@ -448,9 +475,17 @@ export function connectShared(url, options = {}) {
           note(channels, id);
           bus.postMessage({ t: "cursor", union: channels, cursor: id });
         },
-        onOpen: () => { if (stream === current) { opened(channels); bus.postMessage({ t: "open", channels }); } },
+        onOpen: () => {
+          if (stream !== current) return;
+          good = channels;
+          for (const [from, wanted] of asked) if (wanted.every((c) => channels.includes(c))) asked.delete(from);
+          opened(channels);
+          bus.postMessage({ t: "open", channels });
+          if (waiting.length && !timer) { const [from, wanted] = waiting.shift(); join(wanted, from); }
+        },
         onError: (e) => {
           if (stream !== current) return;
+          if (e.retryIn === undefined && e.status >= 400 && e.status < 500 && shed(channels, e)) return;
           const m = { t: "error", message: e.message, status: e.status, retryIn: e.retryIn };
           bus.postMessage(m);
           report(m);
@@ -465,7 +500,8 @@ export function connectShared(url, options = {}) {
         },
       }));
     };
-    const join = (channels) => {
+    const join = (channels, from) => {
+      if (from !== undefined && !(good && channels.every((c) => good.includes(c)))) asked.set(from, channels);
       const wider = sorted([...union, ...channels]);
       if (wider.length === union.length) {
         if (stream?.readyState === OPEN && !timer) bus.postMessage({ t: "open", channels: union });
@@ -507,7 +543,7 @@ export function connectShared(url, options = {}) {
   // A frozen leader would hold the lock and deliver nothing: it hands over first.
   document.addEventListener("freeze", abdicate);
   document.addEventListener("resume", campaign);
-  bus.postMessage({ t: "hello", channels: mine });
+  bus.postMessage({ t: "hello", channels: mine, tab });
   campaign();
   return conn;
 }
