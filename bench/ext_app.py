@@ -39,10 +39,12 @@ def publish():  # type: ignore[no-untyped-def]
 @app.post("/series")
 def start_series():  # type: ignore[no-untyped-def]
     """Publish ``schedule`` (``[[seconds from now, channel, seq], ...]``) from a background
-    greenlet; each event's data is ``E<seq> <time.time()> <pad>``."""
+    greenlet; each event's data is ``E<seq> <time.time()> <pad>`` (with ``pads``, a list, the
+    pad of event ``seq`` is ``pads[seq % len(pads)]``: payloads that differ, as real ones do)."""
     body = request.get_json()
     _series.update(done=threading.Event(), calls=[], errors={})
-    threading.Thread(target=_publish_series, args=(body["schedule"], body["pad"]), daemon=True).start()
+    pads = body.get("pads") or [body["pad"]]
+    threading.Thread(target=_publish_series, args=(body["schedule"], pads), daemon=True).start()
     return jsonify(started=True)
 
 
@@ -53,7 +55,7 @@ def series_result():  # type: ignore[no-untyped-def]
     return jsonify(done=_series["done"].is_set(), calls=_series["calls"], errors=_series["errors"])
 
 
-def _publish_series(schedule, pad):  # type: ignore[no-untyped-def]
+def _publish_series(schedule, pads):  # type: ignore[no-untyped-def]
     calls, errors = _series["calls"], _series["errors"]
     with app.app_context():
         t0 = time.monotonic()
@@ -63,7 +65,7 @@ def _publish_series(schedule, pad):  # type: ignore[no-untyped-def]
             delay = t0 + offset - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            data = "E%d %.6f %s" % (seq, time.time(), pad)
+            data = "E%d %.6f %s" % (seq, time.time(), pads[seq % len(pads)])
             t = time.perf_counter()
             try:
                 sse.publish(data, channel=channel)

@@ -33,6 +33,7 @@ import os
 import resource
 import sys
 import time
+import zlib
 from array import array
 
 import gevent
@@ -57,6 +58,8 @@ class Stats:
         self.unexpected = 0  # events with our format but a sequence out of range
         self.other_events = 0  # events that are not ours (for example sse.missed)
         self.latencies = array("d")
+        #: Bytes received on every socket (the wire: HTTP framing and compression included).
+        self.wire_bytes = 0
         self.event_max = array("d", [0.0]) * expect  # slowest delivery of each event
         self.first_delivery = 0.0
         self.cpu_at_first_delivery = 0.0
@@ -104,9 +107,10 @@ class Client:
         "sse",
         "skip_lf",
         "failed",
+        "gz",
     )
 
-    def __init__(self, i: int, stats: Stats) -> None:
+    def __init__(self, i: int, stats: Stats, gz: bool = False) -> None:
         self.i = i
         self.stats = stats
         self.seen = bytearray(stats.expect)
@@ -118,6 +122,8 @@ class Client:
         self.sse = b""  # decoded body not yet parsed into events (line ends made LF)
         self.skip_lf = False
         self.failed = False
+        #: With ``--gzip``: the body is a gzip stream, decoded as it comes.
+        self.gz = zlib.decompressobj(16 + zlib.MAX_WBITS) if gz else None
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -148,8 +154,14 @@ class Client:
         if self.chunked:
             self._dechunk(data, now)
         else:
-            self._events(data, now)
+            self._body(data, now)
         return True
+
+    def _body(self, data: bytes, now: float) -> None:
+        if self.gz is not None:
+            data = self.gz.decompress(data)
+        if data:
+            self._events(data, now)
 
     def _dechunk(self, data: bytes, now: float) -> None:
         buf = self.raw + data if self.raw else data
@@ -189,7 +201,7 @@ class Client:
                 break
             self.need = size
         if out:
-            self._events(out[0] if len(out) == 1 else b"".join(out), now)
+            self._body(out[0] if len(out) == 1 else b"".join(out), now)
 
     # -- SSE ------------------------------------------------------------------------------
 
@@ -271,12 +283,14 @@ def target_of(i: int, args: argparse.Namespace) -> int:
 
 
 def run_client(i: int, args: argparse.Namespace, stats: Stats, gate: Semaphore) -> None:
-    client = Client(i, stats)
+    client = Client(i, stats, args.gzip)
     channel = channel_of(i, args)
     host, port = args.targets[target_of(i, args)]
     request = (
         f"GET {args.path}?channel={channel} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+        "Accept: text/event-stream\r\nCache-Control: no-cache\r\n"
+        + ("Accept-Encoding: gzip\r\n" if args.gzip else "")
+        + "\r\n"
     ).encode()
     sock = None
     settled = False
@@ -316,6 +330,7 @@ def run_client(i: int, args: argparse.Namespace, stats: Stats, gate: Semaphore) 
     try:
         while True:
             data = sock.recv(65536)
+            stats.wire_bytes += len(data)
             if not data:
                 if stats.received[i] < stats.expect:
                     stats.error("eof_before_complete")
@@ -379,6 +394,7 @@ def main() -> None:
         "--drain", type=float, default=10.0, help="seconds to wait for missing events after 'done'"
     )
     p.add_argument("--max-seconds", type=float, default=300.0, help="hard bound on the run")
+    p.add_argument("--gzip", action="store_true", help="send Accept-Encoding: gzip and decode the stream")
     args = p.parse_args()
     if not 0 < args.clients <= 50000:
         p.error("--clients must be 1..50000")
@@ -409,6 +425,7 @@ def main() -> None:
             "clients": args.clients,
             "all_settled": stats.all_settled.is_set(),
             "errors": dict(stats.errors),
+            "wire_bytes": stats.wire_bytes,
         }
     )
 
@@ -470,6 +487,7 @@ def main() -> None:
         },
         "per_target": per_target,
         "duplicates": stats.duplicates,
+        "wire_bytes": stats.wire_bytes,
         "unexpected": stats.unexpected,
         "other_events": stats.other_events,
         "latency_s": {

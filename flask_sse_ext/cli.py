@@ -28,6 +28,7 @@ cli = AppGroup("sse", help="Server-Sent Events: publish, issue tokens, show coun
 @click.option("--id", "event_id", help="Event id (default: generated).")
 @click.option("--retry", type=click.IntRange(min=0), help="Reconnection delay in milliseconds.")
 @click.option("--json", "as_json", is_flag=True, help="DATA is JSON: send it as a value.")
+@click.option("--conflate", help="Conflation key: a client behind gets only the newest event per key.")
 def publish(
     channel: str,
     data: str,
@@ -35,6 +36,7 @@ def publish(
     event_id: Optional[str],
     retry: Optional[int],
     as_json: bool,
+    conflate: Optional[str] = None,
 ) -> None:
     """Publish DATA to CHANNEL and print the event id."""
     value: object = data
@@ -45,7 +47,7 @@ def publish(
             raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
     state = get_state()
     try:
-        click.echo(state.publish(value, event, event_id, retry, channel))
+        click.echo(state.publish(value, event, event_id, retry, channel, conflate=conflate))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except BrokerError as exc:

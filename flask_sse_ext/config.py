@@ -48,6 +48,10 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_SEND_TIMEOUT": 10.0,
     "SSE_CLIENT_QUEUE_BYTES": 1024 * 1024,
     "SSE_SEND_BUFFER_BYTES": 64 * 1024,
+    "SSE_COMPRESSION": False,
+    "SSE_COMPRESSION_MIN_BYTES": 256,
+    "SSE_MAX_RATE_FLOOR": 1.0,
+    "SSE_POLL_TIMEOUT": 25.0,
 }
 
 
@@ -92,6 +96,10 @@ class Settings:
     send_timeout: float
     client_queue_bytes: int
     send_buffer_bytes: Optional[int]
+    compression: bool
+    compression_min_bytes: int
+    max_rate_floor: float
+    poll_timeout: float
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -103,6 +111,12 @@ def _int(key: str, value: Any, minimum: int) -> int:
 def _seconds(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{key} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _rate(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{key} must be a number of writes per second > 0, got {value!r}")
     return float(value)
 
 
@@ -217,6 +231,10 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_SEND_TIMEOUT", "send_timeout", _seconds),
     ("SSE_CLIENT_QUEUE_BYTES", "client_queue_bytes", lambda k, v: _int(k, v, 1)),
     ("SSE_SEND_BUFFER_BYTES", "send_buffer_bytes", _optional(lambda k, v: _int(k, v, 4096))),
+    ("SSE_COMPRESSION", "compression", _bool),
+    ("SSE_COMPRESSION_MIN_BYTES", "compression_min_bytes", lambda k, v: _int(k, v, 0)),
+    ("SSE_MAX_RATE_FLOOR", "max_rate_floor", _rate),
+    ("SSE_POLL_TIMEOUT", "poll_timeout", _seconds),
 )
 
 

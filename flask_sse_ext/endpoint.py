@@ -8,15 +8,18 @@ the CORS headers that let a cross-origin page read it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Dict, List, Optional, Tuple, Union
 
 from flask import Response, current_app, request
 
 from .auth import AuthError, Identity, identify, private_channel_allowed
-from .brokers.base import UNKNOWN, BrokerError, Unknown
-from .config import validate_channel
+from .brokers.base import UNKNOWN, BrokerError, Unknown, format_position
+from .compression import GzipEncoder, accepts_gzip
+from .config import Settings, validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
+from .cursor import encode_compound
 from .serving import HTTP2_REFUSAL, check_server, http2, warn_memory_broker
 from .signals import stream_closed, stream_opened
 from .state import AppState, get_state
@@ -26,6 +29,9 @@ from .tickets import TicketRefused, redeem_ticket
 __all__ = ["stream_view"]
 
 logger = logging.getLogger(__name__)
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]{16,64}")
 
 
 class _Refused(Exception):
@@ -139,6 +145,7 @@ def stream_view() -> Response:
         return _refusal(_Refused(505, HTTP2_REFUSAL), cors)
     try:
         channels = _channels(state)
+        delivery = _delivery(state)
         identity = _identity(state, channels)
         _authorize(state, identity, channels)
         handle = _acquire(state, identity)
@@ -147,12 +154,14 @@ def stream_view() -> Response:
     except BrokerError as exc:
         return _unavailable(state, exc)
     try:
-        response = _open(state, identity, channels, handle)
+        response = _open(state, identity, channels, handle, delivery)
     except BaseException:
         if handle is not None:
             state.limiter.release(handle)
         raise
     response.headers.update(cors)
+    if state.settings.compression:
+        response.vary.add("Accept-Encoding")  # after the CORS headers, which set Vary too
     return response
 
 
@@ -186,6 +195,12 @@ def _cursor() -> Union[str, Unknown, None]:
     return cursor
 
 
+def _encoder(settings: Settings) -> Optional[GzipEncoder]:
+    if settings.compression and accepts_gzip(request.headers.get("Accept-Encoding")):
+        return GzipEncoder(settings.compression_min_bytes)
+    return None
+
+
 class _Grant:
     """What an open stream was granted: its channels, its identity's rules, its connection
     slot (released when it closes)."""
@@ -210,11 +225,43 @@ class _Grant:
         stream_closed.send(self.app, channels=self.channels, identity=self.identity, reason=reason)
 
 
+def _delivery(state: AppState) -> Tuple[Optional[float], Optional[float]]:
+    """``(max_rate, poll)`` from ``?max_rate=`` and ``?poll=`` (docs/compression.md)."""
+    settings = state.settings
+    max_rate = None
+    text = request.args.get("max_rate")
+    if text is not None:
+        try:
+            max_rate = float(text)
+        except ValueError:
+            max_rate = -1.0
+        if not settings.max_rate_floor <= max_rate < float("inf"):
+            raise _Refused(
+                400,
+                f"max_rate must be a number of writes per second of at least "
+                f"{settings.max_rate_floor:g} (SSE_MAX_RATE_FLOOR), got {text!r}",
+            )
+    opening = request.args.get("opening")
+    if opening is not None and _TOKEN.fullmatch(opening) is None:
+        raise _Refused(400, "opening must be 16 to 64 letters, digits, - or _ (a random token)")
+    poll = request.args.get("poll")
+    if poll not in (None, "0", "1"):
+        raise _Refused(400, f"poll must be 1 (a long poll) or 0 (a stream), got {poll!r}")
+    return max_rate, settings.poll_timeout if poll == "1" else None
+
+
 def _open(
-    state: AppState, identity: Optional[Identity], channels: Tuple[str, ...], handle: object
+    state: AppState,
+    identity: Optional[Identity],
+    channels: Tuple[str, ...],
+    handle: object,
+    delivery: Tuple[Optional[float], Optional[float]],
 ) -> Response:
     settings = state.settings
     cursor = _cursor()
+    opening = request.args.get("opening")
+    if cursor is None and opening is not None:
+        cursor = _opening(state, channels, opening, delivery[1] is not None)
     environ = request.environ
     check_server(environ)
     if not state.broker.shared:
@@ -242,6 +289,34 @@ def _open(
         allowed=grant.allowed,
         on_close=grant.closed,
         farewell=farewell,
+        encoder=_encoder(settings),
+        max_rate=delivery[0],
+        poll=delivery[1],
     )
     stream_opened.send(grant.app, channels=channels, identity=identity)
     return response
+
+
+#: How long the broker keeps where a stream with ``?opening=`` started.
+OPENING_TTL = 300
+
+
+def _opening(state: AppState, channels: Tuple[str, ...], token: str, poll: bool) -> Optional[str]:
+    """``?opening=<token>`` without a cursor. A stream starts after the channels' newest
+    events and keeps that cursor in the broker under ``token``: a proxy that holds the
+    stream back holds its ids too, and the client's first poll (with the same token and
+    still no cursor) resumes from where the stream started, so nothing published meanwhile
+    is lost. A poll reads the cursor back (``None`` if unknown: it starts from now), and so
+    does a stream that opens again with the token."""
+    log = f"opening:{':'.join(channels)}:{token}"
+    try:
+        if not poll:
+            heads = [state.broker.replay(channel, None).head for channel in channels]
+            cursor = format_position(heads[0]) if len(heads) == 1 else encode_compound(heads)
+            if state.broker.log_create(log, {"kind": "opening", "cursor": cursor}, OPENING_TTL):
+                return cursor
+        # A poll, or a stream opened again before its client had any id: from the first start.
+        meta = state.broker.log_meta(log)
+    except BrokerError:
+        return None  # the stream reports the broker's state itself
+    return None if meta is None else meta.get("cursor")

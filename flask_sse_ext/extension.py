@@ -168,15 +168,18 @@ class SSE:
         channel: str = "sse",
         *,
         type: Optional[str] = None,
+        conflate: Optional[str] = None,
     ) -> str:
         """Send an event to every stream on ``channel`` and keep it in the channel's history.
 
         ``data`` is a ``str`` or any JSON-serializable value. ``type`` is an alias of
-        ``event`` (as in flask-sse). Returns the event id: ``id`` when given, else one the
-        broker generates. Raises ``ValueError`` for a field that cannot be sent, and
-        ``BrokerError`` when the broker cannot take the event. Needs an app context.
+        ``event`` (as in flask-sse). ``conflate`` is a key (channel-name grammar): a client
+        that falls behind, or asked for ``?max_rate=``, and a replay get only the newest
+        event of each key (docs/compression.md). Returns the event id: ``id`` when given,
+        else one the broker generates. Raises ``ValueError`` for a field that cannot be
+        sent, and ``BrokerError`` when the broker cannot take the event. Needs an app context.
         """
-        return self.state().publish(data, event, id, retry, channel, type)
+        return self.state().publish(data, event, id, retry, channel, type, conflate)
 
     def response(
         self,

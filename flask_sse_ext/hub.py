@@ -18,6 +18,7 @@ import weakref
 from typing import Dict, List, Optional, Set, Tuple
 
 from .brokers.base import Broker, Message
+from .conflation import replace_keyed
 from .serving import abort, process_name, release_free_memory, send_progress
 
 __all__ = ["Client", "Hub", "shutdown_all"]
@@ -127,6 +128,9 @@ class Client:
             return
         queue = self.queue
         size = len(message.frame)
+        if message.key is not None and queue:
+            # A newer event of the same key replaces one still waiting (conflation).
+            self.queued_bytes -= replace_keyed(queue, message)
         if len(queue) >= self.maxsize or (
             queue and self.maxbytes is not None and self.queued_bytes + size > self.maxbytes
         ):

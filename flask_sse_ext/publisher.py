@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from .brokers import open_broker
 from .brokers.base import Broker, parse_position
-from .config import DEFAULTS, validate_channel
+from .config import CHANNEL_PATTERN, DEFAULTS, validate_channel
 from .event import encode_body, validate_field
 from .jobs import Job
 
@@ -24,8 +24,15 @@ def prepare_event(
     channel: str,
     type: Optional[str],
     max_event_bytes: int,
+    conflate: Optional[str] = None,
 ) -> bytes:
     """Validate every field and return the encoded body. Raises ``ValueError``."""
+    if conflate is not None and (
+        not isinstance(conflate, str) or CHANNEL_PATTERN.fullmatch(conflate) is None
+    ):
+        raise ValueError(
+            f"Invalid conflation key {conflate!r}: use 1 to 200 characters among letters, digits and - _ . : @ /"
+        )
     if type is not None:
         if event is not None and event != type:
             raise ValueError("Pass the event name as 'event' or 'type', not both")
@@ -96,14 +103,16 @@ class Publisher:
         channel: str = "sse",
         *,
         type: Optional[str] = None,
+        conflate: Optional[str] = None,
     ) -> str:
-        """Exactly what ``SSE.publish`` does, without Flask. Returns the event id.
+        """Exactly what ``SSE.publish`` does, without Flask (``conflate`` included). Returns
+        the event id.
 
         Raises ``ValueError`` for a field that cannot be sent and ``BrokerError`` when Redis
         does not take the event.
         """
-        body = prepare_event(data, event, id, retry, channel, type, self.max_event_bytes)
-        return self.broker.publish(channel, body, id).id
+        body = prepare_event(data, event, id, retry, channel, type, self.max_event_bytes, conflate)
+        return self.broker.publish(channel, body, id, conflate).id
 
     def job(self, job_id: str) -> Job:
         """The progress log of ``job_id`` (created if new, kept ``job_ttl`` seconds after its

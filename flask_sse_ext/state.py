@@ -171,11 +171,12 @@ class AppState:
         retry: Optional[int],
         channel: str,
         type: Optional[str] = None,
+        conflate: Optional[str] = None,
     ) -> str:
         """Validate, encode and publish one event; see ``SSE.publish``."""
-        body = prepare_event(data, event, id, retry, channel, type, self.settings.max_event_bytes)
+        body = prepare_event(data, event, id, retry, channel, type, self.settings.max_event_bytes, conflate)
         process = self.process()
-        event_id = process.broker.publish(channel, body, id).id
+        event_id = process.broker.publish(channel, body, id, conflate).id
         process.stats.published += 1
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         event_published.send(app, channel=channel, id=event_id)

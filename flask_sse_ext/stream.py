@@ -23,6 +23,8 @@ from .brokers.base import (
     Unknown,
     format_position,
 )
+from .compression import COMPRESSED_HEADERS, GzipEncoder
+from .conflation import conflate
 from .cursor import decode_compound, encode_compound
 from .event import comment, cursor_comment, encode_body, frame, retry_line
 from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Hub
@@ -75,6 +77,10 @@ class _Stream:
         "watcher",
         "released",
         "farewell",
+        "encoder",
+        "interval",
+        "next_write",
+        "poll",
     )
 
     def __init__(
@@ -93,6 +99,9 @@ class _Stream:
         allowed: Callable[[str], bool],
         on_close: Optional[Callable[[Optional[str]], None]],
         farewell: Optional[bytes] = None,
+        encoder: Optional[GzipEncoder] = None,
+        max_rate: Optional[float] = None,
+        poll: Optional[float] = None,
     ) -> None:
         self.hub = hub
         self.broker = broker
@@ -115,6 +124,14 @@ class _Stream:
         self.released = False
         #: The last event, sent when the stream ends at its deadline (``reauth``).
         self.farewell = farewell
+        #: Compresses what the stream writes (``None``: sent as it is).
+        self.encoder = encoder
+        #: With ``?max_rate=``: the least time between two writes; meanwhile keyed events
+        #: waiting in the queue are conflated.
+        self.interval = None if max_rate is None else 1.0 / max_rate
+        self.next_write = 0.0
+        #: A long poll: the longest wait (seconds) for an event when none is after the cursor.
+        self.poll = poll
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -128,21 +145,35 @@ class _Stream:
             if self.finished or client.closed in _ENDS_AT_ONCE:
                 if client.closed == EXPIRED and self.farewell is not None:
                     chunk, self.farewell = self.farewell, None
-                    return chunk
-                raise StopIteration
+                    return self._raw(chunk)
+                return self._end()
             if client.closed == SHUTDOWN and not client.queue:
                 if self.sock is not None:
                     shutdown(self.sock, socket.SHUT_RD)
-                raise StopIteration
+                return self._end()
             client.wake.wait()
+            if self.interval is not None:
+                _hold(self)
             client.wake.clear()
             chunk = self._drain()
             if chunk:
                 client.active = True
+                if self.poll is not None:
+                    self.finished = True  # a poll ends with its first events
                 return chunk
             if client.beat_due:
                 client.beat_due = False
-                return _HEARTBEAT
+                return self._raw(_HEARTBEAT)
+
+    def _raw(self, data: bytes) -> bytes:
+        return data if self.encoder is None else self.encoder.raw(data)
+
+    def _end(self) -> bytes:
+        """The end of the body: a gzip stream's trailer (not after a reset: nobody reads it)."""
+        encoder = self.encoder
+        if encoder is None or encoder.ended or self.client.closed in (LAGGED, TIMED_OUT, GONE):
+            raise StopIteration
+        return encoder.end()
 
     def _open(self) -> bytes:
         """Subscribe first, then read history (or, with no cursor, each channel's newest
@@ -153,7 +184,7 @@ class _Stream:
         self.hub.attach(client)
         try:
             self.broker.ready(channels)
-            live = self.broker.live_position(channels[0]) if self.single else None
+            live = self.broker.live_position(channels[0]) if self.single and self.poll is None else None
             if live is not None and self.cursor is None:
                 # Nothing to replay and the ids are the events' own: start where live delivery
                 # stands, with no history read (no round trip to the broker).
@@ -163,7 +194,7 @@ class _Stream:
         except BrokerError as exc:
             logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
             self.finished = True
-            return unavailable(self.retry)
+            return self._raw(unavailable(self.retry))
         replays = [
             r if not r.messages or self.allowed(c) else r._replace(messages=[])
             for c, r in zip(channels, replays)
@@ -179,26 +210,37 @@ class _Stream:
                 positions[channel] = position
             else:
                 positions[channel] = replay.head
-        chunks = [retry_line(self.retry)]
+        raw = self._raw
+        chunks = [raw(retry_line(self.retry))]
         if missed:
-            chunks.append(_missed_event(missed, _current_id(positions)))
-        for message in heapq.merge(*(r.messages for r in replays), key=lambda m: m.position):
+            chunks.append(raw(_missed_event(missed, _current_id(positions))))
+        # Replay sends every event without a key and the newest of each key (conflation).
+        merged = conflate(heapq.merge(*(r.messages for r in replays), key=lambda m: m.position))
+        for message in merged:
             if multi:
                 positions[message.channel] = message.position
-                chunks.append(frame(message.body, _current_id(positions)))
+                chunks.append(self._multi_frame(message))
             else:
-                chunks.append(message.frame)
+                chunks.append(message.frame if self.encoder is None else self.encoder.frame(message))
+        self.hub.stats.replayed += len(merged)
         for channel, replay in zip(channels, replays):
             positions[channel] = replay.head
-            self.hub.stats.replayed += len(replay.messages)
-        if multi:
+        if multi or (self.poll is not None and not merged):
             # The cursor as a comment: sse-client.js resumes a stream cut before its first
-            # event from here on every channel; other clients ignore it (no phantom event).
-            chunks.append(cursor_comment(_current_id(positions)))
+            # event (or a poll that ends with none) from here on every channel; other clients
+            # ignore it (no phantom event).
+            chunks.append(raw(cursor_comment(_current_id(positions))))
+        if self.poll is not None and (merged or missed):
+            self.finished = True  # a poll answers at once with what is after the cursor
         if self.sock is not None:
             self.watcher = watch_disconnect(self.sock, client.close, GONE, tls=self.tls)
         if self.max_age is not None:
             client.deadline = time.monotonic() + self.max_age
+        if self.poll is not None and (
+            client.deadline is None or client.deadline > time.monotonic() + self.poll
+        ):
+            client.deadline = time.monotonic() + self.poll
+            self.farewell = None  # the poll's own end, not the credential's
         return b"".join(chunks)
 
     def _drain(self) -> bytes:
@@ -207,12 +249,20 @@ class _Stream:
         for message in self.hub.take(self.client):
             if message.position > positions[message.channel]:  # else sent by a replay or catch-up
                 positions[message.channel] = message.position
-                out.append(message.frame if self.single else self._multi_frame(message))
+                if not self.single:
+                    out.append(self._multi_frame(message))
+                elif self.encoder is None:
+                    out.append(message.frame)
+                else:
+                    out.append(self.encoder.frame(message))
         self.hub.stats.delivered += len(out)
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _multi_frame(self, message: Message) -> bytes:
-        return frame(message.body, encode_compound(list(self.positions.values())))
+        cursor = encode_compound(list(self.positions.values()))
+        if self.encoder is not None:
+            return self.encoder.body(message, cursor)
+        return frame(message.body, cursor)
 
     def close(self) -> None:
         if self.watcher is not None:
@@ -230,6 +280,15 @@ class _Stream:
             self.released = True
             args = (self.hub, self.client, self.on_close)
             threading.Thread(target=_release, args=args, name="sse-release", daemon=True).start()
+
+
+def _hold(stream: _Stream) -> None:
+    """Wait out the rest of ``?max_rate=``'s interval since the last write: what arrives
+    meanwhile waits in the queue, where a newer keyed event replaces an older one."""
+    now = time.monotonic()
+    if stream.next_write > now:
+        time.sleep(stream.next_write - now)
+    stream.next_write = max(now, stream.next_write) + stream.interval  # type: ignore[operator]
 
 
 def _release(hub: Hub, client: Client, on_close: Optional[Callable[[Optional[str]], None]]) -> None:
@@ -283,6 +342,9 @@ def open_stream(
     allowed: Callable[[str], bool] = lambda channel: True,
     on_close: Optional[Callable[[Optional[str]], None]] = None,
     farewell: Optional[bytes] = None,
+    encoder: Optional[GzipEncoder] = None,
+    max_rate: Optional[float] = None,
+    poll: Optional[float] = None,
 ) -> Response:
     """The streaming response for ``channels`` (sorted, unique), resuming after ``cursor``.
 
@@ -291,7 +353,10 @@ def open_stream(
     send buffer of the connection. ``allowed`` is asked again
     before a channel's history is replayed; ``on_close`` runs once when the stream ends (or is
     dropped unsent), with the reason it was cut, or ``None``. ``farewell`` is sent last when
-    the stream ends at ``max_age``.
+    the stream ends at ``max_age``. ``encoder`` compresses the body (gzip).
+    With ``max_rate`` the stream writes at most that many times a second, conflating keyed
+    events meanwhile; with ``poll`` it is a long poll: it ends with the events after the
+    cursor, or with the first live ones within ``poll`` seconds, or with the cursor alone.
     """
     body = _Stream(
         hub,
@@ -307,9 +372,13 @@ def open_stream(
         allowed=allowed,
         on_close=on_close,
         farewell=farewell,
+        encoder=encoder,
+        max_rate=max_rate,
+        poll=poll,
     )
+    headers = HEADERS if encoder is None else {**HEADERS, **COMPRESSED_HEADERS}
     # direct_passthrough: werkzeug hands the body to the server as it is, unwrapped.
-    return Response(body, mimetype="text/event-stream", headers=HEADERS, direct_passthrough=True)
+    return Response(body, mimetype="text/event-stream", headers=headers, direct_passthrough=True)
 
 
 def _current_id(positions: Dict[str, Position]) -> str:

@@ -67,17 +67,25 @@ class Message:
 
     ``frame`` is the complete event, shared by every single-channel stream that sends it;
     ``body`` (its ``event``/``retry``/``data`` lines, without the ``id`` line) is a slice of it,
-    made only when needed, so history holds each event once.
+    made only when needed, so history holds each event once. ``key`` is the conflation key
+    (``publish(..., conflate=...)``): a client that falls behind gets only the newest event
+    of each key. ``gzip`` and ``gzip_body`` hold the frame and the body compressed, made by
+    the first gzip stream that sends the message and shared by every later one.
     """
 
-    __slots__ = ("channel", "position", "id", "frame", "_body_length")
+    __slots__ = ("channel", "position", "id", "frame", "_body_length", "key", "gzip", "gzip_body")
 
-    def __init__(self, channel: str, position: Position, id: Optional[str], body: bytes) -> None:
+    def __init__(
+        self, channel: str, position: Position, id: Optional[str], body: bytes, key: Optional[str] = None
+    ) -> None:
         self.channel = channel
         self.position = position
         self.id = format_position(position) if id is None else id
         self.frame = frame(body, self.id)
         self._body_length = len(body)
+        self.key = key
+        self.gzip: Optional[bytes] = None
+        self.gzip_body: Optional[bytes] = None
 
     @property
     def body(self) -> bytes:
@@ -173,8 +181,11 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def publish(self, channel: str, body: bytes, id: Optional[str] = None) -> Message:
-        """Append an encoded event to ``channel``'s history and deliver it.
+    def publish(
+        self, channel: str, body: bytes, id: Optional[str] = None, key: Optional[str] = None
+    ) -> Message:
+        """Append an encoded event to ``channel``'s history and deliver it; ``key`` (the
+        conflation key) is kept with it in history and delivered with it.
 
         Raises ``BrokerError`` when the event could not be stored and sent.
         """

@@ -121,10 +121,12 @@ class MemoryBroker(MemoryLogs, Broker):
         self._last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
         return self._last
 
-    def publish(self, channel: str, body: bytes, id: Optional[str] = None) -> Message:
+    def publish(
+        self, channel: str, body: bytes, id: Optional[str] = None, key: Optional[str] = None
+    ) -> Message:
         # Positions are taken and queued under one lock: the dispatcher sees them in order.
         with self._lock:
-            message = Message(channel, self._next_position(), id, body)
+            message = Message(channel, self._next_position(), id, body, key)
             if self.history_size:
                 history = self._channels.get(channel)
                 if history is None:

@@ -24,6 +24,13 @@
  * ticket before every attempt, asks once more after a 401, and after the server's `sse.reauth`
  * (the credential expired) reconnects at once with a fresh one, resuming with `Last-Event-ID`.
  * Tabs: `share: true` gives every tab of the origin one stream (`connectShared`, below).
+ *
+ * Long polling: a proxy that buffers whole responses delivers nothing of a stream. When a GET
+ * stream delivers no byte (not even the opening `retry:` line) within `pollAfter` ms, the
+ * client polls instead (`?poll=1`: each answer ends with the events after `Last-Event-ID`,
+ * or the first new ones, or the cursor alone after a while) and asks again at once, with the
+ * same ids, so nothing is lost or repeated; after `streamAgainAfter` ms it tries a stream
+ * again. `conn.polling` says which it is doing.
  */
 
 export const CONNECTING = 0, OPEN = 1, CLOSED = 2;
@@ -133,8 +140,12 @@ const utf8 = (text) => Array.from(new TextEncoder().encode(text), (b) => String.
  * @param {boolean} [options.share=false] share one stream among the tabs of this origin
  *   (see `connectShared`)
  * @param {(id: string) => void} [options.onId] an id-only dispatch set the last event id
+ * @param {number} [options.pollAfter=4000] ms without a byte of a new stream before the client
+ *   falls back to long polling (0: never)
+ * @param {number} [options.streamAgainAfter=60000] ms of polling before it tries a stream again
  * @returns {{readyState: number, lastEventId: string, closed: Promise<void>, close(): void,
- *   streamId?: string, resumeUrl?: string}}
+ *   polling: boolean, streamId?: string, resumeUrl?: string}}
+ *   polling is true while the client long-polls instead of streaming (see above);
  *   readyState is CONNECTING (also while waiting to reconnect), OPEN or CLOSED; a resumable
  *   stream (`sse.response(..., resumable=True)`) sets streamId and resumeUrl from its
  *   `sse.stream` event, and every reconnection GETs resumeUrl with `Last-Event-ID`
@@ -143,12 +154,17 @@ export function connect(url, options = {}) {
   if (options.share) return connectShared(url, options);
   const { method = "GET", headers = {}, body, credentials = "same-origin", signal } = options;
   const { onEvent, onOpen, onError, retry = 1000, maxRetry = 30000 } = options;
-  const { getCredential, onId } = options;
-  let reason = "open", reauth = false;
+  const { getCredential, onId, pollAfter = 4000, streamAgainAfter = 60000 } = options;
+  // `opening` names, to the server, where this client's first stream started (it has no
+  // cursor yet): a proxy that holds that stream back holds its ids too, and the first poll
+  // resumes from there with the same token.
+  const opening = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  let reason = "open", reauth = false, pollingSince = 0;
   const abort = new AbortController();
   let base = retry, attempts = 0, timer, wake, resolveClosed;
   const conn = {
     readyState: CONNECTING,
+    polling: false,
     lastEventId: options.lastEventId || "",
     closed: new Promise((resolve) => (resolveClosed = resolve)),
     close() {
@@ -181,12 +197,41 @@ export function connect(url, options = {}) {
     if (conn.lastEventId) sent.set("Last-Event-ID", utf8(conn.lastEventId));
     // A resumable stream (`sse.stream`) is resumed at its own URL with a GET, never by
     // sending the request (a POST of a prompt) again.
-    const dest = conn.resumeUrl || url;
+    let dest = conn.resumeUrl || url;
+    const canPoll = pollAfter > 0 && !conn.resumeUrl && method.toUpperCase() === "GET" && body == null;
+    if (conn.polling && Date.now() - pollingSince > streamAgainAfter) conn.polling = false;
+    const polling = canPoll && conn.polling;
+    if (canPoll && (polling || !conn.lastEventId)) {
+      const pollUrl = new URL(dest, globalThis.location?.href);
+      if (polling) pollUrl.searchParams.set("poll", "1");
+      if (!conn.lastEventId) pollUrl.searchParams.set("opening", opening);
+      dest = pollUrl.href;
+    }
     const target = getCredential ? await withCredential(dest, sent, getCredential, reason) : dest;
     if (conn.readyState === CLOSED) return;
+    // A stream that delivers no byte within pollAfter is held by something on the way.
+    const mine = new AbortController();
+    const cancel = () => mine.abort();
+    abort.signal.addEventListener("abort", cancel, { once: true });
+    let stalled = false;
+    const watchdog = canPoll && !polling ? setTimeout(() => { stalled = true; mine.abort(); }, pollAfter) : 0;
+    try {
+      return await request(target, sent, mine.signal, polling, watchdog);
+    } catch (err) {
+      if (!stalled) throw err;
+      if (!conn.polling) pollingSince = Date.now();
+      conn.polling = true;
+      return { message: `No byte of the stream within ${pollAfter} ms: long polling`, polled: true };
+    } finally {
+      clearTimeout(watchdog);
+      abort.signal.removeEventListener("abort", cancel);
+    }
+  }
+
+  async function request(target, sent, attemptSignal, polling, watchdog) {
     const response = await fetch(target, {
       method: conn.resumeUrl ? "GET" : method, headers: sent, body: conn.resumeUrl ? undefined : body,
-      credentials, cache: "no-store", signal: abort.signal,
+      credentials, cache: "no-store", signal: attemptSignal,
     });
     const { status } = response;
     if (status === 204) return stop();
@@ -206,15 +251,18 @@ export function connect(url, options = {}) {
     }
     const contentType = response.headers.get("Content-Type") || "none";
     if (!EVENT_STREAM.test(contentType)) return stop(`Content-Type ${contentType}`, status);
+    const again = polling && conn.readyState === OPEN; // one more poll of an open connection
     conn.readyState = OPEN;
     attempts = 0;
-    call(onOpen, response);
+    if (!again) call(onOpen, response);
+    let delivered = false; // an event or a cursor: a poll that brings neither backs off
     const reader = response.body.getReader();
     const parser = createParser({
       lastEventId: conn.lastEventId,
       onRetry: (ms) => (base = ms),
-      onId: (id) => { if (conn.readyState !== CLOSED) call(onId, id); },
+      onId: (id) => { delivered = true; if (conn.readyState !== CLOSED) call(onId, id); },
       onEvent: (event) => {
+        delivered = true;
         if (conn.readyState === CLOSED || reauth) return;
         conn.lastEventId = event.lastEventId;
         if (event.type === "sse.stream") resumable(event);
@@ -225,6 +273,8 @@ export function connect(url, options = {}) {
     });
     for (;;) {
       const { done, value } = await reader.read();
+      clearTimeout(watchdog);
+      if (done && polling && delivered && conn.readyState !== CLOSED && !reauth) return { polled: true };
       if (done || conn.readyState === CLOSED) return { message: "The stream ended", status };
       parser.feed(value);
       if (conn.readyState !== CLOSED) conn.lastEventId = parser.lastEventId;
@@ -249,6 +299,11 @@ export function connect(url, options = {}) {
         continue;
       }
       reason = failure.again || "reconnect";
+      if (failure.polled) {
+        // The next poll (or the first after a stalled stream) goes out at once.
+        if (failure.message) report(failure.message, failure.status, 0);
+        continue;
+      }
       if (failure.again) {
         conn.readyState = CONNECTING;
         report(failure.message, failure.status, 0);

@@ -298,6 +298,7 @@ def _add_views(app: Flask, sse: SSE, record_requests: bool) -> None:
                     "last_event_id": _header_text(request.headers.get("Last-Event-ID")),
                     "accept": request.headers.get("Accept"),
                     "cache_control": request.headers.get("Cache-Control"),
+                    "accept_encoding": request.headers.get("Accept-Encoding"),
                     "query": request.query_string.decode("latin-1"),
                     "at": time.time(),
                 }

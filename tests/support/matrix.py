@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -268,7 +269,8 @@ def run_matrix(
     status, recorded = request(server.port, "GET", "/requests?path=/stream")
     assert status == 200
     for entry in recorded:
-        client = entry["query"].rpartition("client=")[2]
+        # sse-client.js adds parameters of its own (``opening``) after ``client``.
+        client = parse_qs(entry["query"]).get("client", [""])[0]
         if client in clients:
             clients[client].requests.append(entry)
     return MatrixRun(expected, cut_at, away_published_at, clients, beats.count(HEARTBEAT))

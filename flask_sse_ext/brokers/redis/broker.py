@@ -128,7 +128,9 @@ class RedisBroker(RedisLogs, Broker):
 
     # -- publishing and history ------------------------------------------------------------
 
-    def publish(self, channel: str, body: bytes, id: Optional[str] = None) -> Message:
+    def publish(
+        self, channel: str, body: bytes, id: Optional[str] = None, key: Optional[str] = None
+    ) -> Message:
         keys = [self.history_key(channel)]
         args: List[Any] = [
             self.pubsub_channel(channel),
@@ -137,6 +139,7 @@ class RedisBroker(RedisLogs, Broker):
             id or "",
             body,
             "1" if self.sharded else "0",
+            key or "",
         ]
         try:
             if self.min_replicas:
@@ -146,7 +149,7 @@ class RedisBroker(RedisLogs, Broker):
         except _ERRORS as exc:
             self._fault()
             raise BrokerError(f"Redis did not take the event for channel {channel!r}: {exc}") from exc
-        message = Message(channel, _position(position), id, body)
+        message = Message(channel, _position(position), id, body, key)
         if self.min_replicas and replicas < self.min_replicas:
             raise BrokerError(
                 f"The event {message.id} for channel {channel!r} reached {replicas} of the "
@@ -181,7 +184,12 @@ class RedisBroker(RedisLogs, Broker):
         for i in range(2, len(reply), 2):
             fields = dict(zip(reply[i + 1][::2], reply[i + 1][1::2]))
             event_id = _text(fields[b"i"]) or None
-            messages.append(Message(channel, _position(reply[i]), event_id, fields[b"b"]))
+            key = fields.get(b"k")
+            messages.append(
+                Message(
+                    channel, _position(reply[i]), event_id, fields[b"b"], None if key is None else _text(key)
+                )
+            )
         self.listener.note_read(channel, messages[-1].position if messages else head)
         return Replay(messages, head, bool(reply[1]))
 

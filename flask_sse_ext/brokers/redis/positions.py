@@ -78,11 +78,13 @@ class Positions:
     def on_payload(self, channel: str, payload: bytes) -> None:
         head, _, body = payload.partition(b"\n")
         position_bytes, _, event_id = head.partition(b" ")
+        position_bytes, tab, key = position_bytes.partition(b"\t")  # a conflation key
         position_text = position_bytes.decode()
         position = parse_position(position_text)
         if position is not None:
             # With no publisher's id, the event's id is its position as Redis wrote it.
-            self.on_message(Message(channel, position, event_id.decode("utf-8") or position_text, body))
+            event_text = event_id.decode("utf-8") or position_text
+            self.on_message(Message(channel, position, event_text, body, key.decode() if tab else None))
 
     def on_message(self, message: Message) -> None:
         channel = message.channel

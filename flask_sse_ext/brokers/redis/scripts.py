@@ -5,11 +5,21 @@ from __future__ import annotations
 __all__ = ["PUBLISH", "REPLAY", "HEADS", "ACQUIRE"]
 
 # KEYS[1]: the channel's history stream. ARGV: pub/sub channel, entries to keep (the history
-# size plus the floor entry), ttl, id, body, "1" for sharded pub/sub.
+# size plus the floor entry), ttl, id, body, "1" for sharded pub/sub, conflation key ("": none).
+# The payload is "<position> <id>\n<body>", or "<position>\t<key> <id>\n<body>" with a key (a
+# key has the grammar of a channel name: no space, no tab).
 PUBLISH = """
-local pos = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'i', ARGV[4], 'b', ARGV[5])
+local pos
+local head
+if (ARGV[7] or '') == '' then
+  pos = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'i', ARGV[4], 'b', ARGV[5])
+  head = pos
+else
+  pos = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'i', ARGV[4], 'b', ARGV[5], 'k', ARGV[7])
+  head = pos .. '\\t' .. ARGV[7]
+end
 if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-local payload = pos .. ' ' .. ARGV[4] .. '\\n' .. ARGV[5]
+local payload = head .. ' ' .. ARGV[4] .. '\\n' .. ARGV[5]
 if ARGV[6] == '1' then
   redis.call('SPUBLISH', ARGV[1], payload)
 else
