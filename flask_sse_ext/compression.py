@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Optional
+from typing import Dict, Optional
 
 from .brokers.base import Message
 from .event import frame
@@ -54,20 +54,25 @@ def deflate_piece(data: bytes, level: int) -> bytes:
 
 
 def accepts_gzip(header: Optional[str]) -> bool:
-    """Whether an ``Accept-Encoding`` header accepts gzip (``gzip`` or ``*``, not ``q=0``)."""
+    """Whether an ``Accept-Encoding`` header accepts gzip: its ``gzip`` (or ``x-gzip``) item,
+    else its ``*`` item, has a quality above 0 (``q`` may stand among other parameters)."""
     if not header:
         return False
+    qualities: Dict[str, float] = {}
     for item in header.split(","):
-        name, _, params = item.strip().partition(";")
-        if name.strip().lower() not in ("gzip", "x-gzip", "*"):
-            continue
-        quality = params.strip().lower()
-        if quality.startswith("q="):
-            try:
-                return float(quality[2:]) > 0
-            except ValueError:
-                return False
-        return True
+        name, *params = (part.strip().lower() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        qualities[name] = quality
+    for name in ("gzip", "x-gzip", "*"):
+        if name in qualities:
+            return qualities[name] > 0
     return False
 
 

@@ -177,7 +177,10 @@ def _acquire(state: AppState, identity: Optional[Identity]) -> object:
 
 def _unavailable(state: AppState, exc: BrokerError) -> Response:
     logger.warning("Stream ended at once, the broker is unavailable: %s", exc)
-    return Response([unavailable(state.settings.retry)], mimetype="text/event-stream", headers=HEADERS)
+    response = Response([unavailable(state.settings.retry)], mimetype="text/event-stream", headers=HEADERS)
+    if state.settings.compression:
+        response.vary.add("Accept-Encoding")  # as every stream answer, for shared caches
+    return response
 
 
 def _cursor() -> Union[str, Unknown, None]:
@@ -297,8 +300,10 @@ def _open(
     return response
 
 
-#: How long the broker keeps where a stream with ``?opening=`` started.
-OPENING_TTL = 300
+#: How long the broker keeps where a stream with ``?opening=`` started: the client's first poll
+#: follows within its ``pollAfter`` (4 s by default), so a short life bounds what a client that
+#: opens stream after stream leaves in the broker.
+OPENING_TTL = 30
 
 
 def _opening(state: AppState, channels: Tuple[str, ...], token: str, poll: bool) -> Optional[str]:
@@ -308,15 +313,19 @@ def _opening(state: AppState, channels: Tuple[str, ...], token: str, poll: bool)
     still no cursor) resumes from where the stream started, so nothing published meanwhile
     is lost. A poll reads the cursor back (``None`` if unknown: it starts from now), and so
     does a stream that opens again with the token."""
-    log = f"opening:{':'.join(channels)}:{token}"
+    log = f"opening:{token}"  # the key stays short however many channels the stream has
+    names = "\n".join(channels)
     try:
         if not poll:
             heads = [state.broker.replay(channel, None).head for channel in channels]
             cursor = format_position(heads[0]) if len(heads) == 1 else encode_compound(heads)
-            if state.broker.log_create(log, {"kind": "opening", "cursor": cursor}, OPENING_TTL):
+            meta = {"kind": "opening", "cursor": cursor, "channels": names}
+            if state.broker.log_create(log, meta, OPENING_TTL):
                 return cursor
         # A poll, or a stream opened again before its client had any id: from the first start.
-        meta = state.broker.log_meta(log)
+        found = state.broker.log_meta(log)
     except BrokerError:
         return None  # the stream reports the broker's state itself
-    return None if meta is None else meta.get("cursor")
+    if found is None or found.get("channels") != names:
+        return None  # unknown, or another stream's token: from now
+    return found.get("cursor")

@@ -80,6 +80,7 @@ class _Stream:
         "encoder",
         "interval",
         "next_write",
+        "backlog",
         "poll",
     )
 
@@ -130,6 +131,7 @@ class _Stream:
         #: waiting in the queue are conflated.
         self.interval = None if max_rate is None else 1.0 / max_rate
         self.next_write = 0.0
+        self.backlog = False
         #: A long poll: the longest wait (seconds) for an event when none is after the cursor.
         self.poll = poll
 
@@ -152,10 +154,13 @@ class _Stream:
                     shutdown(self.sock, socket.SHUT_RD)
                 return self._end()
             client.wake.wait()
-            if self.interval is not None:
+            if self.interval is not None and not self.backlog:
                 _hold(self)
             client.wake.clear()
             chunk = self._drain()
+            # A drain stops at CHUNK_BYTES; the rest goes out without waiting out another
+            # ?max_rate= interval, or a busy channel would outgrow the queue and be cut.
+            self.backlog = bool(client.queue)
             if chunk:
                 client.active = True
                 if self.poll is not None:

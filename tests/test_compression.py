@@ -117,6 +117,12 @@ def test_small_frames_are_stored_not_compressed() -> None:
         ("identity", False),
         ("deflate, br", False),
         ("gzip;q=nonsense", False),
+        # Regression (review): q was only read as the first parameter, and * decided before a
+        # later explicit gzip item.
+        ("gzip; foo=1; q=0", False),
+        ("*;q=0, gzip", True),
+        ("gzip;q=0, *", False),
+        ("x-gzip", True),
         ("", False),
         (None, False),
     ],

@@ -225,6 +225,26 @@ def test_max_rate_conflates_a_client_that_reads(start_server: StartServer) -> No
     assert newest == last and len(events) < 100
 
 
+def test_max_rate_sends_a_busy_channel_whole(start_server: StartServer) -> None:
+    """Regression: a rated stream waited out an interval after every 64 KB chunk, so it sent
+    at most 64 KB per interval; unkeyed events at 100 KB/s outgrew the queue and the client
+    was cut for lag. Events without a key are all sent, in batches."""
+    config = {"SSE_CLIENT_QUEUE_SIZE": 1000, "SSE_CLIENT_QUEUE_BYTES": 160 * 1024, "SSE_MAX_RATE_FLOOR": 1}
+    server = start_server(config=config)
+    stream = RawStream(server.port, "/stream?channel=busy&max_rate=1")
+    stream.opening()
+    count = 200  # 4 s of 2 KB events at 50 a second
+    events: List[ParsedEvent] = []
+    reader = threading.Thread(
+        target=lambda: events.extend(read_events(stream, lambda e: len(e) >= count, 30))
+    )
+    reader.start()
+    publish_steadily(server, "busy", count, 50, keyed=False)
+    reader.join()
+    assert [seq(e)[1] for e in events] == list(range(count))
+    assert server.stats()["lagged"] == 0
+
+
 @pytest.mark.parametrize(
     "query, says",
     [

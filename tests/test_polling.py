@@ -173,6 +173,9 @@ def test_a_poll_resumes_where_a_held_stream_with_the_same_opening_token_started(
     # Another token knows nothing: a poll without a cursor starts from now.
     other = poll(poll_server, "channel=p7&opening=" + "u" * 20)
     assert events_of(other.body()) == []
+    # The token names that stream's channels only: for others it starts from now too.
+    elsewhere = poll(poll_server, f"channel=p7&channel=p7b&opening={token}")
+    assert events_of(elsewhere.body()) == []
 
 
 @pytest.mark.parametrize(
