@@ -20,15 +20,7 @@ from flask import Response, copy_current_request_context, has_request_context
 
 from .event import Event, comment, encode_body, retry_line
 from .hub import Stats
-from .serving import (
-    gevent_active,
-    limit_send_buffer,
-    raw_socket,
-    tls_layer,
-    unwatch,
-    watch_disconnect,
-    watch_send,
-)
+from .serving import gevent_active, guard, unwatch
 
 __all__ = ["END_EVENT", "ERROR_EVENT", "direct_response"]
 
@@ -83,13 +75,7 @@ class _DirectStream:
         else:
             threading.Thread(target=produce, name="sse-direct-producer", daemon=True).start()
         self.stats = stats
-        sock = raw_socket(environ)
-        self.watcher = None if sock is None else watch_disconnect(sock, self._gone, tls=tls_layer(environ))
-        self.send_watch = None
-        if sock is not None and send_buffer is not None:
-            limit_send_buffer(sock, send_buffer)
-        if sock is not None and send_timeout is not None:
-            self.send_watch = watch_send(sock, send_timeout, self._timed_out)
+        self.watcher, self.send_watch = guard(environ, self._gone, self._timed_out, send_timeout, send_buffer)
 
     def _timed_out(self) -> None:
         # The connection is reset already: the writer's stuck write fails, the producer stops.

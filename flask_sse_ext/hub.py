@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from .brokers.base import Broker, Message
 from .conflation import replace_keyed
-from .serving import abort, process_name, release_free_memory, send_progress
+from .serving import SendDeadline, abort, process_name, release_free_memory
 
 __all__ = ["Client", "Hub", "shutdown_all"]
 
@@ -79,8 +79,7 @@ class Client:
         "quiet_since",
         "beat_due",
         "deadline",
-        "drain_target",
-        "drain_since",
+        "send_deadline",
     )
 
     def __init__(
@@ -118,10 +117,8 @@ class Client:
         self.beat_due = False
         #: ``time.monotonic()`` at which the stream must end (age limit, token expiry).
         self.deadline: Optional[float] = None
-        #: Send timeout bookkeeping, kept by the hub's ticker: the count of acknowledged bytes
-        #: at which what was waiting at ``drain_since`` has drained (-1: nothing waits).
-        self.drain_target = -1
-        self.drain_since = 0.0
+        #: The send timeout's bookkeeping, made and asked by the hub's ticker.
+        self.send_deadline: Optional[SendDeadline] = None
 
     def put(self, message: Message) -> None:
         if self.closed is not None:
@@ -345,22 +342,14 @@ class Hub:
 
 def _stalled(client: Client, now: float, timeout: float) -> bool:
     """Whether what ``client``'s connection had waiting ``timeout`` seconds ago (or more) has
-    still not been acknowledged. A heartbeat, written whenever nothing else is, keeps this
-    true of a client that stopped reading or vanished, however quiet its channels."""
+    still not been acknowledged (``SendDeadline``). A heartbeat, written whenever nothing else
+    is, keeps this true of a client that stopped reading or vanished, however quiet its
+    channels."""
     if client.sock is None:  # no socket to ask (not gunicorn's gevent worker)
         return False
-    progress = send_progress(client.sock)
-    if progress is None:
-        return False
-    waiting, acked = progress
-    if client.drain_target >= 0 and (not waiting or acked >= client.drain_target):
-        client.drain_target = -1  # drained: a later write starts a new wait
-    if client.drain_target < 0:
-        if waiting:
-            client.drain_target = acked + waiting
-            client.drain_since = now
-        return False
-    return now - client.drain_since >= timeout
+    if client.send_deadline is None:
+        client.send_deadline = SendDeadline(timeout)
+    return client.send_deadline.passed(client.sock, now)
 
 
 def shutdown_all() -> None:

@@ -37,15 +37,7 @@ from .event import comment, encode_body, frame, retry_line
 from .hub import Stats
 from .jobs import ANSWER_LOG, event_id, job_log, parse_event_id
 from .producer import start_answer
-from .serving import (
-    check_server,
-    limit_send_buffer,
-    raw_socket,
-    tls_layer,
-    unwatch,
-    watch_disconnect,
-    watch_send,
-)
+from .serving import check_server, guard, unwatch
 from .state import AppState, get_state
 from .stream import HEADERS
 
@@ -132,13 +124,7 @@ class _LogStream:
         # Past SSE_MAX_CONNECTION_AGE the response ends; the client resumes where it was.
         self.deadline = None if max_age is None else self.last_write + max_age
         self.stats = stats
-        sock = raw_socket(environ)
-        self.watcher = None if sock is None else watch_disconnect(sock, self._gone, tls=tls_layer(environ))
-        self.send_watch = None
-        if sock is not None and send_buffer is not None:
-            limit_send_buffer(sock, send_buffer)
-        if sock is not None and send_timeout is not None:
-            self.send_watch = watch_send(sock, send_timeout, self._timed_out)
+        self.watcher, self.send_watch = guard(environ, self._gone, self._timed_out, send_timeout, send_buffer)
 
     def _gone(self) -> None:
         self.gone = True

@@ -38,6 +38,7 @@ __all__ = [
     "send_progress",
     "SendDeadline",
     "watch_send",
+    "guard",
     "http2",
     "HTTP2_REFUSAL",
     "check_server",
@@ -245,6 +246,26 @@ class SendDeadline:
                 self.since = now
             return False
         return now - self.since >= self.timeout
+
+
+def guard(
+    environ: Dict[str, Any],
+    on_gone: Callable[[], None],
+    on_timed_out: Callable[[], None],
+    send_timeout: Optional[float],
+    send_buffer: Optional[int],
+) -> Tuple[Any, Any]:
+    """For a stream the hub's ticker does not watch (``sse.response``, a resumable reader):
+    call ``on_gone`` when the client leaves (a TLS close_notify too), cap the send buffer, and
+    reset the connection and call ``on_timed_out`` once sent data has not drained within
+    ``send_timeout``. The two watchers, for ``unwatch``; ``None`` without a socket or timeout."""
+    sock = raw_socket(environ)
+    if sock is None:
+        return None, None
+    watcher = watch_disconnect(sock, on_gone, tls=tls_layer(environ))
+    if send_buffer is not None:
+        limit_send_buffer(sock, send_buffer)
+    return watcher, None if send_timeout is None else watch_send(sock, send_timeout, on_timed_out)
 
 
 def watch_send(sock: socket.socket, timeout: float, on_cut: Callable[..., None], *args: Any) -> Any:
