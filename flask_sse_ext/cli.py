@@ -39,12 +39,7 @@ def publish(
     conflate: Optional[str] = None,
 ) -> None:
     """Publish DATA to CHANNEL and print the event id."""
-    value: object = data
-    if as_json:
-        try:
-            value = json.loads(data)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
+    value = _value(data, as_json)
     state = get_state()
     try:
         click.echo(state.publish(value, event, event_id, retry, channel, conflate=conflate))
@@ -132,12 +127,7 @@ def stats() -> None:
 @click.option("--fail", "fail", is_flag=True, help="End the job's stream with sse.error (DATA: the error).")
 def job(job_id: str, data: str, event: Optional[str], as_json: bool, end: bool, fail: bool) -> None:
     """Publish DATA to the progress stream of JOB_ID (made if new) and print the event id."""
-    value: object = data
-    if as_json:
-        try:
-            value = json.loads(data)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
+    value = _value(data, as_json)
     if end and fail:
         raise click.UsageError("Give --end or --fail, not both")
     state = get_state()
@@ -154,3 +144,13 @@ def job(job_id: str, data: str, event: Optional[str], as_json: bool, end: bool, 
         sys.exit(1)
     if not state.broker.shared:
         click.echo("warning: SSE_REDIS_URL is not set, so no stream of the app can read this job.", err=True)
+
+
+def _value(data: str, as_json: bool) -> object:
+    """DATA as given, or the value of its JSON with ``--json``."""
+    if not as_json:
+        return data
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None

@@ -152,12 +152,8 @@ class _DirectStream:
 
     def close(self) -> None:
         self.stopped.set()
-        if self.watcher is not None:
-            unwatch(self.watcher)
-            self.watcher = None
-        if self.send_watch is not None:
-            unwatch(self.send_watch)
-            self.send_watch = None
+        unwatch(self.watcher, self.send_watch)
+        self.watcher = self.send_watch = None
         if self.greenlet is not None:
             # Raises GreenletExit where the generator waits, so its ``finally`` runs now.
             self.greenlet.kill(block=True, timeout=self.heartbeat)

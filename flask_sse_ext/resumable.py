@@ -180,12 +180,8 @@ class _LogStream:
 
     def close(self) -> None:
         self.gone = True
-        if self.watcher is not None:
-            unwatch(self.watcher)
-            self.watcher = None
-        if self.send_watch is not None:
-            unwatch(self.send_watch)
-            self.send_watch = None
+        unwatch(self.watcher, self.send_watch)
+        self.watcher = self.send_watch = None
 
 
 def log_response(

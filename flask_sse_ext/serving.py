@@ -135,10 +135,12 @@ def _readable_tls(watcher: Any, tls_object: Any, on_gone: Callable[..., None], *
         on_gone(*args)
 
 
-def unwatch(watcher: Any) -> None:
-    """Stop a ``watch_disconnect`` watcher for good."""
-    watcher.stop()
-    watcher.close()
+def unwatch(*watchers: Any) -> None:
+    """Stop ``watch_disconnect``, ``watch_send`` or ``guard`` watchers for good (``None``: none)."""
+    for watcher in watchers:
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
 
 
 def shutdown(sock: socket.socket, how: int) -> None:
