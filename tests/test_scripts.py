@@ -40,7 +40,10 @@ def run(path: Path, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[s
 def test_without_apt_get_it_names_what_to_install(tmp_path: Path) -> None:
     result = run(bin_dir(tmp_path, []))
     assert result.returncode == 1
-    assert "the suite needs redis-server redis-tools nginx chromium openssl iproute2 on PATH" in result.stderr
+    assert (
+        "the suite needs redis-server redis-tools nginx chromium openssl iproute2 nodejs npm on PATH"
+        in result.stderr
+    )
     assert "no apt-get here" in result.stderr
     assert result.stdout == ""
 
@@ -70,5 +73,8 @@ def test_neither_root_nor_sudo_gets_the_command_to_run_as_root(tmp_path: Path) -
         shutil.rmtree(shared)
     assert result.returncode == 1, result.stderr
     assert "installing them takes root (this user is not root and cannot use sudo)" in result.stderr
-    assert "apt-get install -y redis-server redis-tools nginx chromium openssl iproute2" in result.stderr
+    assert (
+        "apt-get install -y redis-server redis-tools nginx chromium openssl iproute2 nodejs npm"
+        in result.stderr
+    )
     assert "Installing" not in result.stdout
