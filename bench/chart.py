@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Tuple
 STYLE = {
     "ext-memory": ("#1f6feb", "o", "flask-sse-ext (in-process broker)"),
     "ext-redis": ("#0a3069", "s", "flask-sse-ext (Redis broker)"),
+    "ext-redis-queued": ("#8c959f", "s", "flask-sse-ext (Redis, SSE_DIRECT_WRITES off)"),
     "floor": ("#6e7781", "^", "hand-written gevent floor"),
     "node": ("#2da44e", "D", "Node.js/Express + ioredis"),
     "starlette": ("#bf8700", "v", "sse-starlette on uvicorn/uvloop"),

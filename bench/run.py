@@ -114,6 +114,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat
 
 
+def kernel_seconds(pid: int) -> float:
+    """stime of ``pid``: its share of ``cpu_seconds`` spent in the kernel (for a fan-out,
+    mostly the socket sends, which on loopback also carry the receiving side's TCP work)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / CLK_TCK
+
+
 def cpu_seconds_precise(pid: int) -> float:
     """Time on CPU of every thread of ``pid`` from schedstat (ns), a cross-check of the
     10 ms ticks of /proc/PID/stat; 0.0 where schedstat is missing."""
@@ -357,6 +365,7 @@ class Target:
     ready: str  # how the load generator knows a stream is open: "headers" or "sent"
     publisher: str
     server: str = "gunicorn"  # gunicorn (-k gevent) | node (bench/node) | uvicorn (uvloop)
+    config: str = ""  # ext targets: SSE_* keys as JSON (BENCH_SSE_CONFIG)
 
 
 TARGETS: Dict[str, Target] = {
@@ -364,6 +373,10 @@ TARGETS: Dict[str, Target] = {
     for t in (
         Target("ext-memory", "ext_app:app", False, "headers", "http"),
         Target("ext-redis", "ext_app:app", True, "headers", "ext"),
+        # The same, with every event written by the stream's own greenlet (no direct writes).
+        Target(
+            "ext-redis-queued", "ext_app:app", True, "headers", "ext", config='{"SSE_DIRECT_WRITES": false}'
+        ),
         Target("flask-sse", "flask_sse_app:app", True, "sent", "flask-sse"),
         Target("floor", "floor_app:app", True, "headers", "redis"),
         Target("node", "node/server.js", True, "headers", "redis", "node"),
@@ -534,6 +547,9 @@ class Server:
         else:
             env.pop("BENCH_REDIS_URL", None)
         env.pop("BENCH_REDIS_CLUSTER", None)
+        env.pop("BENCH_SSE_CONFIG", None)
+        if target.config:
+            env["BENCH_SSE_CONFIG"] = target.config
         if cluster:
             env["BENCH_REDIS_CLUSTER"] = "1"
         cmd = [
@@ -1029,6 +1045,7 @@ def run_stream_scenario(
         errors: Dict[str, int] = {}
         cpu0 = sum(cpu_seconds(pid) for pid in server.workers)
         cpu0_precise = sum(cpu_seconds_precise(pid) for pid in server.workers)
+        kernel0 = sum(kernel_seconds(pid) for pid in server.workers)
         first_publish = time.time()
         consecutive = 0
 
@@ -1070,6 +1087,7 @@ def run_stream_scenario(
         result = loadgen.next("result", max_seconds + 30)
         cpu1 = sum(cpu_seconds(pid) for pid in server.workers)
         cpu1_precise = sum(cpu_seconds_precise(pid) for pid in server.workers)
+        res["worker_kernel_s"] = sum(kernel_seconds(pid) for pid in server.workers) - kernel0
         if profiler is not None:
             res["profile"] = profiler.stop()
             profiler = None
@@ -1551,6 +1569,14 @@ ROWS: List[Tuple[str, Callable[[Dict[str, Any]], Any]]] = [
             else None
         ),
     ),
+    (
+        "  of which in the kernel",
+        lambda r: (
+            r["worker_kernel_s"] * 1e6 / r["delivered"]
+            if r.get("delivered") and r.get("worker_kernel_s") is not None
+            else None
+        ),
+    ),
     ("worker RSS KiB/idle conn", lambda r: r.get("rss_per_conn_kib")),
     ("  from after warm-up", lambda r: r.get("rss_per_conn_after_warmup_kib")),
     ("Redis clients/worker", lambda r: r.get("redis_clients")),
@@ -1649,8 +1675,8 @@ def render_table(scenarios: List[Scenario], targets: List[str], runs: List[Dict[
     ratios = [
         (t, peer)
         for t in ("ext-memory", "ext-redis")
-        for peer in ("floor", "node", "starlette")
-        if t in targets and peer in targets
+        for peer in ("floor", "node", "starlette", "ext-redis-queued")
+        if t in targets and peer in targets and peer != t
     ]
     header = ["metric", *targets, *[f"{a}/{b}" for a, b in ratios]]
     rows: List[List[str]] = []

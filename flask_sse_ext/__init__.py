@@ -3,12 +3,11 @@
 from .auth import AuthError, Identity, private_channel
 from .brokers.base import BrokerError
 from .direct import END_EVENT, ERROR_EVENT
-from .event import Event
+from .event import MISSED_EVENT, REAUTH_EVENT, Event
 from .extension import SSE
 from .jobs import Job, JobEnded
 from .publisher import Publisher
 from .resumable import STREAM_EVENT
-from .stream import MISSED_EVENT, REAUTH_EVENT
 
 #: The package version, read by setup.cfg (``version = attr: flask_sse_ext.__version__``).
 __version__ = "0.1.0"

@@ -52,6 +52,7 @@ DEFAULTS: Dict[str, Any] = {
     "SSE_COMPRESSION_MIN_BYTES": 256,
     "SSE_MAX_RATE_FLOOR": 1.0,
     "SSE_POLL_TIMEOUT": 25.0,
+    "SSE_DIRECT_WRITES": True,
 }
 
 
@@ -100,6 +101,7 @@ class Settings:
     compression_min_bytes: int
     max_rate_floor: float
     poll_timeout: float
+    direct_writes: bool
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -235,6 +237,7 @@ _CHECKS: Tuple[Tuple[str, str, Callable[[str, Any], Any]], ...] = (
     ("SSE_COMPRESSION_MIN_BYTES", "compression_min_bytes", lambda k, v: _int(k, v, 0)),
     ("SSE_MAX_RATE_FLOOR", "max_rate_floor", _rate),
     ("SSE_POLL_TIMEOUT", "poll_timeout", _seconds),
+    ("SSE_DIRECT_WRITES", "direct_writes", _bool),
 )
 
 

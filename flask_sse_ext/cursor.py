@@ -11,11 +11,11 @@ now.
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
-from .brokers.base import Position
+from .brokers.base import UNKNOWN, Cursor, Position, Unknown, format_position
 
-__all__ = ["encode_compound", "decode_compound"]
+__all__ = ["encode_compound", "decode_compound", "cursors_for", "current_id"]
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 _TOKEN = re.compile(r"([0-9a-z]{1,13})(?:-([0-9a-z]{1,13}))?")
@@ -55,3 +55,23 @@ def decode_compound(text: str, count: int) -> Optional[List[Optional[Position]]]
             return None
         positions.append((ms, seq))
     return positions if len(positions) == count else None
+
+
+def cursors_for(channels: Sequence[str], cursor: Union[str, Unknown, None]) -> List[Cursor]:
+    """Per channel: what to replay after (``None`` means nothing, start live)."""
+    if cursor is None or cursor is UNKNOWN:
+        return [cursor] * len(channels)
+    if len(channels) == 1:
+        return [cursor]
+    positions = decode_compound(cursor, len(channels))
+    if positions is None:
+        return [UNKNOWN] * len(channels)
+    return list(positions)
+
+
+def current_id(positions: Dict[str, Position]) -> str:
+    """The id that resumes a stream where ``positions`` stand: the position itself on one
+    channel, a compound cursor on several."""
+    if len(positions) == 1:
+        return format_position(next(iter(positions.values())))
+    return encode_compound(list(positions.values()))

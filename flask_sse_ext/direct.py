@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from flask import Response, copy_current_request_context, has_request_context
 
+from .client import Stats
 from .event import Event, comment, encode_body, retry_line
-from .hub import Stats
 from .serving import gevent_active, guard, unwatch
 
 __all__ = ["END_EVENT", "ERROR_EVENT", "direct_response"]

@@ -20,10 +20,11 @@ from .compression import GzipEncoder, accepts_gzip
 from .config import Settings, validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
 from .cursor import encode_compound
+from .event import reauth, unavailable
 from .serving import HTTP2_REFUSAL, check_server, http2, warn_memory_broker
 from .signals import stream_closed, stream_opened
 from .state import AppState, get_state
-from .stream import HEADERS, open_stream, reauth, unavailable
+from .stream import HEADERS, open_stream
 from .tickets import TicketRefused, redeem_ticket
 
 __all__ = ["stream_view"]
@@ -295,6 +296,7 @@ def _open(
         encoder=_encoder(settings),
         max_rate=delivery[0],
         poll=delivery[1],
+        direct_writes=settings.direct_writes,
     )
     stream_opened.send(grant.app, channels=channels, identity=identity)
     return response

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 __all__ = [
+    "MISSED_EVENT",
+    "REAUTH_EVENT",
+    "missed_event",
+    "reauth",
+    "unavailable",
     "CURSOR_COMMENT",
     "Event",
     "encode_body",
@@ -23,6 +28,12 @@ __all__ = [
     "retry_line",
     "validate_field",
 ]
+
+#: Sent when history after the client's ``Last-Event-ID`` is no longer known.
+MISSED_EVENT = "sse.missed"
+
+#: Sent, without an id, as the last event of a stream whose credential expired.
+REAUTH_EVENT = "sse.reauth"
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN = ("\r", "\n", "\0")
@@ -151,3 +162,22 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event(data={self.data!r}, event={self.event!r}, id={self.id!r}, retry={self.retry!r})"
+
+
+def unavailable(retry: int) -> bytes:
+    """A whole response body for when the broker is down. A non-200 answer would make
+    EventSource give up for good; this one ends at once, and the browser tries again after
+    ``retry`` milliseconds."""
+    return retry_line(retry) + comment("broker unavailable, retry later")
+
+
+def reauth() -> bytes:
+    """The event that ends a stream whose credential expired. It carries no id, so the
+    client's ``Last-Event-ID`` still resumes after the last event it got."""
+    return encode_body({"reason": "credential expired"}, REAUTH_EVENT) + b"\n"
+
+
+def missed_event(channels: Sequence[str], cursor_id: str) -> bytes:
+    """The event that tells a stream the history of ``channels`` after its cursor is gone."""
+    body = encode_body({"channels": list(channels)}, MISSED_EVENT)
+    return frame(body, cursor_id)

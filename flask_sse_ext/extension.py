@@ -263,7 +263,8 @@ class SSE:
 
     def stats(self) -> Dict[str, int]:
         """Counters of this process: open ``streams``; ``channels`` with local streams and the
-        broker's live ``subscriptions``; events ``published``, ``delivered`` live and
+        broker's live ``subscriptions``; events ``published``, ``delivered`` live (of them
+        ``pushed``: written to the socket directly, see ``SSE_DIRECT_WRITES``) and
         ``replayed`` from history; streams cut as ``lagged`` (queue full) or ``timed_out`` (sent
         data not drained within ``SSE_SEND_TIMEOUT``); ``broker_reconnects`` to Redis.
         Needs an app context."""

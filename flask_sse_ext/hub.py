@@ -11,17 +11,17 @@ heartbeats). A cut client's connection is reset, which frees its kernel buffers 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import weakref
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .brokers.base import Broker, Message
-from .conflation import replace_keyed
-from .serving import SendDeadline, abort, process_name, release_free_memory
+from .client import EXPIRED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Stats
+from .pace import Pace
+from .serving import SendDeadline, process_name, release_free_memory
 
-__all__ = ["Client", "Hub", "shutdown_all"]
+__all__ = ["Hub", "shutdown_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,138 +35,18 @@ PRESENCE_INTERVAL = 5.0
 #: The most a stream writes in one chunk when several events wait (a larger event goes alone).
 CHUNK_BYTES = 64 * 1024
 
-#: Why a stream ended early.
-LAGGED = "lagged"
-GONE = "gone"
-SHUTDOWN = "shutdown"
-RESYNC = "resync"
-EXPIRED = "expired"
-TIMED_OUT = "timed_out"
-
-
-class Stats:
-    """Counters of one process, reported by ``SSE.stats()``."""
-
-    __slots__ = ("published", "delivered", "replayed", "lagged", "timed_out")
-
-    def __init__(self) -> None:
-        #: Events this process published.
-        self.published = 0
-        #: Events written to streams live (one per event per stream).
-        self.delivered = 0
-        #: Events written to streams from history, on reconnects.
-        self.replayed = 0
-        #: Streams cut because their client could not keep up (its queue was full).
-        self.lagged = 0
-        #: Streams cut because what was sent to them did not drain within the send timeout.
-        self.timed_out = 0
-
-
-class Client:
-    """One open stream's inbox. ``put`` never blocks; the stream drains ``queue`` on ``wake``."""
-
-    __slots__ = (
-        "channels",
-        "queue",
-        "wake",
-        "maxsize",
-        "maxbytes",
-        "queued_bytes",
-        "closed",
-        "sock",
-        "stats",
-        "active",
-        "quiet_since",
-        "beat_due",
-        "deadline",
-        "send_deadline",
-    )
-
-    def __init__(
-        self,
-        channels: Tuple[str, ...],
-        maxsize: int,
-        sock: Optional[socket.socket] = None,
-        stats: Optional[Stats] = None,
-        maxbytes: Optional[int] = None,
-    ) -> None:
-        self.channels = channels
-        # A list, not a deque: an empty deque costs 600 bytes, and the stream takes the whole
-        # list at once (``Hub.take``), under the lock that ``put`` runs under. It lives as long
-        # as the client: a fresh list per event would outlive young garbage collections and,
-        # with thousands of clients, trigger a full collection every few dozen events.
-        self.queue: List[Message] = []
-        # Looked up at call time: under gevent's monkey patching this is gevent's Event.
-        self.wake = threading.Event()
-        self.maxsize = maxsize
-        #: The bound in bytes of what waits in ``queue`` (``None``: none); a queue always
-        #: takes one event, whatever its size.
-        self.maxbytes = maxbytes
-        self.queued_bytes = 0
-        #: ``None`` while open, else why it must end (``lagged``, ``timed_out``, ``gone``,
-        #: ``shutdown``, ``resync``, ``expired``).
-        self.closed: Optional[str] = None
-        #: The connection, reset when the client is cut: that unblocks a write stuck on a
-        #: reader that stopped, and frees what the kernel holds for it.
-        self.sock = sock
-        self.stats = stats
-        #: Heartbeat bookkeeping, kept by the hub's ticker: the stream sets ``active`` when it
-        #: writes; the ticker sets ``beat_due`` after a heartbeat interval without writes.
-        self.active = False
-        self.quiet_since = 0.0
-        self.beat_due = False
-        #: ``time.monotonic()`` at which the stream must end (age limit, token expiry).
-        self.deadline: Optional[float] = None
-        #: The send timeout's bookkeeping, made and asked by the hub's ticker.
-        self.send_deadline: Optional[SendDeadline] = None
-
-    def put(self, message: Message) -> None:
-        if self.closed is not None:
-            return
-        queue = self.queue
-        size = len(message.frame)
-        if message.key is not None and queue:
-            # A newer event of the same key replaces one still waiting (conflation).
-            self.queued_bytes -= replace_keyed(queue, message)
-        if len(queue) >= self.maxsize or (
-            queue and self.maxbytes is not None and self.queued_bytes + size > self.maxbytes
-        ):
-            self.cut(LAGGED)
-            return
-        self.queued_bytes += size
-        queue.append(message)
-        if len(queue) == 1:
-            # Set by the first put since the stream last took its queue: a stream clears the
-            # event before it takes, so later puts find it set, or their messages taken.
-            self.wake.set()
-
-    def close(self, reason: str) -> None:
-        if self.closed is None:
-            self.closed = reason
-        self.wake.set()
-
-    def cut(self, reason: str) -> None:
-        """End the stream at once for ``reason`` (``lagged`` or ``timed_out``), counted, with
-        its connection reset: the client reconnects and replays from its ``Last-Event-ID``."""
-        if self.closed is not None:
-            return
-        self.close(reason)
-        if self.stats is not None:
-            if reason == LAGGED:
-                self.stats.lagged += 1
-            else:
-                self.stats.timed_out += 1
-        if self.sock is not None:
-            abort(self.sock)
-
 
 class Hub:
     """Routes a broker's live messages to the clients of this process.
 
-    One ticker (a greenlet under gevent) keeps time for every stream: it marks a heartbeat due
-    on streams that wrote nothing for ``heartbeat`` seconds, ends streams past their
-    deadline, and cuts streams whose sent data has not drained within ``send_timeout``
-    seconds, so a stream waits on its wake-up event alone, with no timer of its own.
+    One ticker (a greenlet under gevent) keeps time for every stream: it sends a heartbeat (or
+    marks one due) on streams that wrote nothing for ``heartbeat`` seconds, ends streams past
+    their deadline, and cuts streams whose sent data has not drained within ``send_timeout``
+    seconds, so a stream waits on its wake-up event alone, with no timer of its own. It also
+    releases streams dropped unsent (``orphans``).
+
+    Direct writes to a stream's socket (``Client.parked``) are made under the hub's lock
+    only, so that two of them never interleave.
     """
 
     def __init__(
@@ -185,6 +65,10 @@ class Hub:
         self.stats = Stats() if stats is None else stats
         #: Set by ``shutdown``: streams opened after it end right after their opening chunk.
         self.closing = False
+        self.pace = Pace(time.monotonic())
+        #: ``(client, on_close)`` of streams collected unsent, for the ticker to ``release``:
+        #: a finalizer must not switch greenlets (it may run inside a direct write).
+        self.orphans: List[Tuple[Client, Optional[Callable[[Optional[str]], None]]]] = []
         broker.start(self.deliver, self.resync)
         # From the start, so that a shared broker hears of this process before its first stream.
         threading.Thread(target=self._tick, name="sse-ticker", daemon=True).start()
@@ -219,6 +103,12 @@ class Hub:
                     del self._clients[channel]
                     self.broker.unsubscribe(channel)
 
+    def release(self, client: Client, on_close: Optional[Callable[[Optional[str]], None]]) -> None:
+        """The end of a stream: ``detach`` it, then call ``on_close`` with why it ended."""
+        self.detach(client)
+        if on_close is not None:
+            on_close(client.closed)
+
     def take(self, client: Client) -> List[Message]:
         """What is queued for ``client``, oldest first: everything, or, past ``CHUNK_BYTES``,
         the oldest events up to that size (at least one), with the wake-up left set for the
@@ -245,11 +135,17 @@ class Hub:
         return taken
 
     def deliver(self, message: Message) -> None:
+        started = time.thread_time()
         with self._lock:
             clients = self._clients.get(message.channel)
-            if clients:
+            if clients and self.pace.direct:
                 for client in clients:
                     client.put(message)
+            elif clients:
+                for client in clients:
+                    client.enqueue(message)
+        message.chunk = None  # made for this fan-out; history keeps the frame alone
+        self.pace.delivered(time.thread_time() - started, time.monotonic())
 
     def _tick(self) -> None:
         # Heartbeats are kept to within a second: a scan of every client costs a few
@@ -274,6 +170,12 @@ class Hub:
                 next_report = now + PRESENCE_INTERVAL
                 reporter = threading.Thread(target=self._report, name="sse-presence", daemon=True)
                 reporter.start()
+            if self.orphans:
+                orphans, self.orphans = self.orphans, []
+                for orphan in orphans:
+                    threading.Thread(
+                        target=self.release, args=orphan, name="sse-release", daemon=True
+                    ).start()
             with self._lock:
                 clients = list(self._all)
             for done, client in enumerate(clients):
@@ -293,6 +195,11 @@ class Hub:
                     client.quiet_since = now
                 elif now - client.quiet_since >= self.heartbeat:
                     client.quiet_since = now
+                    with self._lock:
+                        writer = client.parked
+                        if writer is not None and client.pending is None and client.closed is None:
+                            writer.beat()
+                            continue
                     client.beat_due = True
                     client.wake.set()
             # Cut clients leave their chunks and buffers to the allocator, in holes it keeps:

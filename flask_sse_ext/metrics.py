@@ -27,6 +27,7 @@ _GAUGES = {
 _COUNTERS = {
     "published": "Events published",
     "delivered": "Events written to streams live",
+    "pushed": "Of those, events written to the socket by the delivering greenlet (no switch)",
     "replayed": "Events written to streams from history",
     "lagged": "Streams cut because their client could not keep up",
     "timed_out": "Streams cut because their sent data did not drain within SSE_SEND_TIMEOUT",

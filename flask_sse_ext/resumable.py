@@ -32,9 +32,9 @@ from flask import (
 
 from .auth import AuthError, identify
 from .brokers.base import Broker, BrokerError, Position
+from .client import Stats
 from .direct import ERROR_EVENT
 from .event import comment, encode_body, frame, retry_line
-from .hub import Stats
 from .jobs import ANSWER_LOG, event_id, job_log, parse_event_id
 from .producer import start_answer
 from .serving import check_server, guard, unwatch

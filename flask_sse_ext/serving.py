@@ -23,6 +23,7 @@ import struct
 import sys
 import termios
 import time
+from types import FrameType
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "SendDeadline",
     "watch_send",
     "guard",
+    "server_response",
     "http2",
     "HTTP2_REFUSAL",
     "check_server",
@@ -291,6 +293,37 @@ def _check_send(
         timer.stop()  # drops the callback and its arguments
         abort(sock)
         on_cut(*args)
+
+
+def server_response(caller: Optional[FrameType], response: Any) -> Any:
+    """``response``, the object whose ``start_response`` the app was called with, if it is
+    gunicorn's response to a plain HTTP/1.x request (no TLS layer, no ``uwsgi`` protocol, no
+    ``Content-Length``, not ``HEAD``) and ``caller``, the frame that asks a stream's body for a
+    chunk, is gunicorn's async worker writing each chunk to the socket as it comes
+    (``AsyncWorker.handle_request``, the gevent worker's), with nothing between them (a WSGI
+    middleware that wraps the body could change it). Else ``None``.
+
+    Such a body may also write to the socket itself, between two of its chunks: gunicorn is
+    then waiting for the next one, with nothing of its own on the way. The response tells
+    the framing (``chunked``) and counts what was sent (``sent``, for the access log).
+    """
+    try:
+        from gunicorn.http.wsgi import Response
+        from gunicorn.workers.base_async import AsyncWorker
+    except ImportError:  # not under gunicorn
+        return None
+    if (
+        caller is None
+        or caller.f_code is not AsyncWorker.handle_request.__code__
+        or type(response) is not Response
+        or getattr(response.cfg, "protocol", "http") != "http"
+        or response.response_length is not None
+        or response.req.method == "HEAD"
+        or isinstance(response.sock, ssl.SSLSocket)
+        or getattr(response.sock, "_sock", None) is None
+    ):
+        return None
+    return response
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -22,8 +22,9 @@ from flask import Flask, current_app
 from .auth import Authorize, TokenLoader
 from .brokers import open_broker
 from .brokers.base import Broker
+from .client import Stats
 from .config import Settings, validate_channel
-from .hub import Hub, Stats
+from .hub import Hub
 from .limits import Limiter
 from .publisher import prepare_event
 from .serving import process_name
@@ -95,6 +96,7 @@ class ProcessState:
             "subscriptions": broker.subscriptions,
             "published": stats.published,
             "delivered": stats.delivered,
+            "pushed": stats.pushed,
             "replayed": stats.replayed,
             "lagged": stats.lagged,
             "timed_out": stats.timed_out,

@@ -3,59 +3,55 @@
 from __future__ import annotations
 
 import heapq
+import inspect
 import logging
 import socket
 import sys
-import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 from flask import Response
 
-from .brokers.base import (
-    UNKNOWN,
-    Broker,
-    BrokerError,
-    Cursor,
-    Message,
-    Position,
-    Replay,
-    Unknown,
-    format_position,
-)
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+from .brokers.base import Broker, BrokerError, Message, Position, Replay, Unknown
+from .client import EXPIRED, GONE, LAGGED, RESET, RESYNC, SHUTDOWN, TIMED_OUT, Client
 from .compression import COMPRESSED_HEADERS, GzipEncoder
 from .conflation import conflate
-from .cursor import decode_compound, encode_compound
-from .event import comment, cursor_comment, encode_body, frame, retry_line
-from .hub import EXPIRED, GONE, LAGGED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Hub
-from .serving import limit_send_buffer, raw_socket, shutdown, tls_layer, unwatch, watch_disconnect
+from .cursor import current_id, cursors_for, encode_compound
+from .event import cursor_comment, frame, missed_event, retry_line, unavailable
+from .hub import Hub
+from .push import HEARTBEAT, DirectWrites
+from .serving import (
+    limit_send_buffer,
+    raw_socket,
+    server_response,
+    shutdown,
+    tls_layer,
+    unwatch,
+    watch_disconnect,
+)
 
-__all__ = ["MISSED_EVENT", "REAUTH_EVENT", "HEADERS", "open_stream", "unavailable", "reauth"]
+__all__ = ["HEADERS", "open_stream"]
 
-#: Sent when history after the client's ``Last-Event-ID`` is no longer known.
-MISSED_EVENT = "sse.missed"
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-#: Sent, without an id, as the last event of a stream whose credential expired.
-REAUTH_EVENT = "sse.reauth"
-
-HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-
-_HEARTBEAT = comment()
 _ENDS_AT_ONCE = (LAGGED, TIMED_OUT, GONE, RESYNC, EXPIRED)
 
 logger = logging.getLogger(__name__)
 
 
-class _Stream:
+class _Stream(DirectWrites):
     """The response body. Its first chunk subscribes, replays and carries the ``retry:`` hint;
     every later one is everything that was waiting, or a heartbeat. It owns all it holds:
     ``close`` (or, if the server drops the response unread, garbage collection) releases it.
 
     A worker holds thousands of these, so each holds as few objects as it can: no closures,
     no finalizer object (every extra object per stream is work for each full collection).
+
+    Under gunicorn's gevent worker, while it waits with nothing queued, the greenlet that
+    delivers an event may write it to the socket itself (``push.DirectWrites``).
     """
 
     __slots__ = (
@@ -82,6 +78,8 @@ class _Stream:
         "next_write",
         "backlog",
         "poll",
+        "pushable",
+        "response",
     )
 
     def __init__(
@@ -103,6 +101,7 @@ class _Stream:
         encoder: Optional[GzipEncoder] = None,
         max_rate: Optional[float] = None,
         poll: Optional[float] = None,
+        direct_writes: bool = True,
     ) -> None:
         self.hub = hub
         self.broker = broker
@@ -134,6 +133,12 @@ class _Stream:
         self.backlog = False
         #: A long poll: the longest wait (seconds) for an event when none is after the cursor.
         self.poll = poll
+        #: Whether other greenlets may write to it (``push``), on a plain socket: not a poll or
+        #: a rate-limited stream, which write on their own schedule. Then the server's
+        #: response (``_Response``), kept if it is gunicorn's (``server_response``).
+        self.pushable = direct_writes and self.sock is not None and self.tls is None
+        self.pushable = self.pushable and poll is None and max_rate is None
+        self.response: Any = None
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -141,6 +146,9 @@ class _Stream:
     def __next__(self) -> bytes:
         if not self.opened:
             self.opened = True
+            if self.response is not None:
+                frame = inspect.currentframe()
+                self.response = server_response(frame and frame.f_back, self.response)
             return self._open()
         client = self.client
         while True:
@@ -153,10 +161,21 @@ class _Stream:
                 if self.sock is not None:
                     shutdown(self.sock, socket.SHUT_RD)
                 return self._end()
-            client.wake.wait()
+            if self.response is None:
+                client.wake.wait()
+            else:
+                client.parked = self
+                try:
+                    client.wake.wait()
+                finally:
+                    client.parked = None
             if self.interval is not None and not self.backlog:
                 _hold(self)
             client.wake.clear()
+            if client.pending is not None:
+                self.flush()
+                if client.closed in RESET:
+                    continue
             chunk = self._drain()
             # A drain stops at CHUNK_BYTES; the rest goes out without waiting out another
             # ?max_rate= interval, or a busy channel would outgrow the queue and be cut.
@@ -168,15 +187,12 @@ class _Stream:
                 return chunk
             if client.beat_due:
                 client.beat_due = False
-                return self._raw(_HEARTBEAT)
-
-    def _raw(self, data: bytes) -> bytes:
-        return data if self.encoder is None else self.encoder.raw(data)
+                return self._raw(HEARTBEAT)
 
     def _end(self) -> bytes:
         """The end of the body: a gzip stream's trailer (not after a reset: nobody reads it)."""
         encoder = self.encoder
-        if encoder is None or encoder.ended or self.client.closed in (LAGGED, TIMED_OUT, GONE):
+        if encoder is None or encoder.ended or self.client.closed in RESET:
             raise StopIteration
         return encoder.end()
 
@@ -185,7 +201,7 @@ class _Stream:
         position), so nothing published meanwhile falls between the two; ``_drain`` drops live
         events that the replay already covers."""
         channels, client = self.channels, self.client
-        after = _cursor_for(channels, self.cursor)
+        after = cursors_for(channels, self.cursor)
         self.hub.attach(client)
         try:
             self.broker.ready(channels)
@@ -218,7 +234,7 @@ class _Stream:
         raw = self._raw
         chunks = [raw(retry_line(self.retry))]
         if missed:
-            chunks.append(raw(_missed_event(missed, _current_id(positions))))
+            chunks.append(raw(missed_event(missed, current_id(positions))))
         # Replay sends every event without a key and the newest of each key (conflation).
         merged = conflate(heapq.merge(*(r.messages for r in replays), key=lambda m: m.position))
         for message in merged:
@@ -234,7 +250,7 @@ class _Stream:
             # The cursor as a comment: sse-client.js resumes a stream cut before its first
             # event (or a poll that ends with none) from here on every channel; other clients
             # ignore it (no phantom event).
-            chunks.append(raw(cursor_comment(_current_id(positions))))
+            chunks.append(raw(cursor_comment(current_id(positions))))
         if self.poll is not None and (merged or missed):
             self.finished = True  # a poll answers at once with what is after the cursor
         if self.sock is not None:
@@ -254,14 +270,14 @@ class _Stream:
         for message in self.hub.take(self.client):
             if message.position > positions[message.channel]:  # else sent by a replay or catch-up
                 positions[message.channel] = message.position
-                if not self.single:
-                    out.append(self._multi_frame(message))
-                elif self.encoder is None:
-                    out.append(message.frame)
-                else:
-                    out.append(self.encoder.frame(message))
+                out.append(self._frame(message))
         self.hub.stats.delivered += len(out)
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _frame(self, message: Message) -> bytes:
+        if not self.single:
+            return self._multi_frame(message)
+        return message.frame if self.encoder is None else self.encoder.frame(message)
 
     def _multi_frame(self, message: Message) -> bytes:
         cursor = encode_compound(list(self.positions.values()))
@@ -275,16 +291,25 @@ class _Stream:
             self.watcher = None
         if not self.released:
             self.released = True
-            _release(self.hub, self.client, self.on_close)
+            self.hub.release(self.client, self.on_close)
 
     def __del__(self) -> None:
         if not self.released and not sys.is_finalizing():
-            # Dropped unsent and collected: release what it held, from a fresh thread (a
-            # greenlet under gevent), since collection may run while this one holds the hub's
-            # lock.
+            # Dropped unsent and collected: the hub's ticker releases what it held (collection
+            # may run anywhere, even while this greenlet holds the hub's lock).
             self.released = True
-            args = (self.hub, self.client, self.on_close)
-            threading.Thread(target=_release, args=args, name="sse-release", daemon=True).start()
+            self.hub.orphans.append((self.client, self.on_close))
+
+
+class _Response(Response):
+    """Hands a stream that may be written to directly (``pushable``) the server's response:
+    the object whose ``start_response`` the app is called with."""
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        body = self.response
+        if isinstance(body, _Stream) and body.pushable:
+            body.response = getattr(start_response, "__self__", None)
+        return super().__call__(environ, start_response)
 
 
 def _hold(stream: _Stream) -> None:
@@ -294,42 +319,6 @@ def _hold(stream: _Stream) -> None:
     if stream.next_write > now:
         time.sleep(stream.next_write - now)
     stream.next_write = max(now, stream.next_write) + stream.interval  # type: ignore[operator]
-
-
-def _release(hub: Hub, client: Client, on_close: Optional[Callable[[Optional[str]], None]]) -> None:
-    hub.detach(client)
-    if on_close is not None:
-        on_close(client.closed)
-
-
-def unavailable(retry: int) -> bytes:
-    """A whole response body for when the broker is down. A non-200 answer would make
-    EventSource give up for good; this one ends at once, and the browser tries again after
-    ``retry`` milliseconds."""
-    return retry_line(retry) + comment("broker unavailable, retry later")
-
-
-def reauth() -> bytes:
-    """The event that ends a stream whose credential expired. It carries no id, so the
-    client's ``Last-Event-ID`` still resumes after the last event it got."""
-    return encode_body({"reason": "credential expired"}, REAUTH_EVENT) + b"\n"
-
-
-def _missed_event(channels: Sequence[str], cursor_id: str) -> bytes:
-    body = encode_body({"channels": list(channels)}, MISSED_EVENT)
-    return frame(body, cursor_id)
-
-
-def _cursor_for(channels: Sequence[str], cursor: Union[str, Unknown, None]) -> List[Cursor]:
-    """Per channel: what to replay after (``None`` means nothing, start live)."""
-    if cursor is None or cursor is UNKNOWN:
-        return [cursor] * len(channels)
-    if len(channels) == 1:
-        return [cursor]
-    positions = decode_compound(cursor, len(channels))
-    if positions is None:
-        return [UNKNOWN] * len(channels)
-    return list(positions)
 
 
 def open_stream(
@@ -350,6 +339,7 @@ def open_stream(
     encoder: Optional[GzipEncoder] = None,
     max_rate: Optional[float] = None,
     poll: Optional[float] = None,
+    direct_writes: bool = True,
 ) -> Response:
     """The streaming response for ``channels`` (sorted, unique), resuming after ``cursor``.
 
@@ -362,6 +352,7 @@ def open_stream(
     With ``max_rate`` the stream writes at most that many times a second, conflating keyed
     events meanwhile; with ``poll`` it is a long poll: it ends with the events after the
     cursor, or with the first live ones within ``poll`` seconds, or with the cursor alone.
+    ``direct_writes`` lets other greenlets write events to the socket while the stream waits.
     """
     body = _Stream(
         hub,
@@ -380,13 +371,8 @@ def open_stream(
         encoder=encoder,
         max_rate=max_rate,
         poll=poll,
+        direct_writes=direct_writes,
     )
     headers = HEADERS if encoder is None else {**HEADERS, **COMPRESSED_HEADERS}
     # direct_passthrough: werkzeug hands the body to the server as it is, unwrapped.
-    return Response(body, mimetype="text/event-stream", headers=headers, direct_passthrough=True)
-
-
-def _current_id(positions: Dict[str, Position]) -> str:
-    if len(positions) == 1:
-        return format_position(next(iter(positions.values())))
-    return encode_compound(list(positions.values()))
+    return _Response(body, mimetype="text/event-stream", headers=headers, direct_passthrough=True)

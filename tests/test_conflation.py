@@ -16,8 +16,8 @@ from flask_sse_ext import SSE, Publisher
 from flask_sse_ext.brokers.base import Broker, Message
 from flask_sse_ext.brokers.memory import MemoryBroker
 from flask_sse_ext.brokers.redis import RedisBroker
+from flask_sse_ext.client import LAGGED, Client
 from flask_sse_ext.conflation import conflate
-from flask_sse_ext.hub import LAGGED, Client
 from flask_sse_ext.state import get_state
 from support.app import create_app
 from support.client import RawStream, request

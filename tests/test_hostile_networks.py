@@ -30,8 +30,9 @@ from flask import Flask
 from flask_sse_ext import SSE
 from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.brokers.memory import MemoryBroker
+from flask_sse_ext.client import LAGGED, Client, Stats
 from flask_sse_ext.gunicorn import serves_http2
-from flask_sse_ext.hub import CHUNK_BYTES, LAGGED, Client, Hub, Stats
+from flask_sse_ext.hub import CHUNK_BYTES, Hub
 from support.client import RawStream, request
 from support.server import Server, StartServer
 from support.waiting import wait_until

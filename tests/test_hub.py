@@ -7,7 +7,8 @@ import socket
 import pytest
 
 from flask_sse_ext.brokers.memory import MemoryBroker
-from flask_sse_ext.hub import LAGGED, SHUTDOWN, Client, Hub
+from flask_sse_ext.client import LAGGED, SHUTDOWN, Client
+from flask_sse_ext.hub import Hub
 from support.waiting import wait_until
 
 

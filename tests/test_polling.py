@@ -129,6 +129,8 @@ def test_the_js_client_falls_back_to_polling_behind_a_buffering_proxy(
             });
         }"""
     )
+    # The client has no cursor: it gets what is published once its stream is open, not before.
+    wait_until(lambda: server.stats()["streams"] == 1, message="the stream did not open")
     published: List[Dict[str, str]] = []
 
     def publish() -> None:

@@ -70,10 +70,12 @@ class Message:
     made only when needed, so history holds each event once. ``key`` is the conflation key
     (``publish(..., conflate=...)``): a client that falls behind gets only the newest event
     of each key. ``gzip`` and ``gzip_body`` hold the frame and the body compressed, made by
-    the first gzip stream that sends the message and shared by every later one.
+    the first gzip stream that sends the message and shared by every later one; ``chunk``
+    holds the frame as one HTTP/1.1 chunk while the hub delivers it, made by the first stream
+    that writes it straight to its socket.
     """
 
-    __slots__ = ("channel", "position", "id", "frame", "_body_length", "key", "gzip", "gzip_body")
+    __slots__ = ("channel", "position", "id", "frame", "_body_length", "key", "gzip", "gzip_body", "chunk")
 
     def __init__(
         self, channel: str, position: Position, id: Optional[str], body: bytes, key: Optional[str] = None
@@ -86,6 +88,7 @@ class Message:
         self.key = key
         self.gzip: Optional[bytes] = None
         self.gzip_body: Optional[bytes] = None
+        self.chunk: Optional[bytes] = None
 
     @property
     def body(self) -> bytes:

@@ -33,7 +33,7 @@ from flask_login import LoginManager, UserMixin, login_user
 
 from flask_sse_ext import SSE, BrokerError, Event, Identity
 
-__all__ = ["create_app", "served", "authorize", "PAGE"]
+__all__ = ["create_app", "served", "served_behind_middleware", "authorize", "PAGE"]
 
 #: The page the browser tests load: it imports the client from the extension's static route.
 PAGE = """<!doctype html><meta charset="utf-8"><title>sse-client.js</title>
@@ -98,6 +98,19 @@ def served(record_requests: bool = False) -> Flask:
     ``SSE_TEST_CONFIG`` environment variable (JSON)."""
     config = {"TESTING": False, **json.loads(os.environ.get("SSE_TEST_CONFIG", "{}"))}
     return create_app(config, views=True, record_requests=record_requests)
+
+
+def served_behind_middleware() -> Flask:
+    """``served()`` behind a WSGI middleware that wraps every response body in a generator of
+    its own, as error trackers and body-rewriting middleware do."""
+    app = served()
+    inner = app.wsgi_app
+
+    def wrapped(environ: Dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        yield from inner(environ, start_response)
+
+    app.wsgi_app = wrapped  # type: ignore[method-assign]
+    return app
 
 
 class _User(UserMixin):  # type: ignore[misc]  # Flask-Login ships no type information
