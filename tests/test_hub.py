@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+from typing import List
 
 import pytest
 
+from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.brokers.memory import MemoryBroker
 from flask_sse_ext.client import LAGGED, SHUTDOWN, Client
 from flask_sse_ext.hub import Hub
@@ -78,3 +80,42 @@ def test_streams_opened_after_shutdown_end_at_once() -> None:
     late = Client(("c",), 10)
     hub.attach(late)
     assert late.closed == SHUTDOWN
+
+
+class _Recorder:
+    """A stream that can be written to directly (``client.Writer``), recording what it got."""
+
+    def __init__(self) -> None:
+        self.pushed: List[Message] = []
+        self.beats = 0
+
+    def push(self, message: Message) -> None:
+        self.pushed.append(message)
+
+    def beat(self) -> None:
+        self.beats += 1
+
+
+def test_a_waiting_client_is_written_directly_unless_the_pace_says_queue() -> None:
+    """With nothing queued and nothing pending, a parked client's event goes to its writer;
+    while direct writes cost too much (``Hub.pace``), to its queue, with a wake-up, so its own
+    greenlet sends everything waiting in one write."""
+    broker = MemoryBroker(10)
+    hub = Hub(broker)
+    client, writer = Client(("c",), 10), _Recorder()
+    client.parked = writer
+    hub.attach(client)
+    first = broker.publish("c", b"data: 1\n")
+    wait_until(lambda: writer.pushed)
+    assert writer.pushed == [first] and not client.queue and not client.wake.is_set()
+    hub.pace.direct = False
+    hub.pace.retry_at = float("inf")
+    second = broker.publish("c", b"data: 2\n")
+    wait_until(lambda: client.queue)
+    assert client.queue == [second] and client.wake.is_set() and writer.pushed == [first]
+    # Direct again, but an event waits in the queue: a new one must queue behind it.
+    hub.pace.direct = True
+    third = broker.publish("c", b"data: 3\n")
+    wait_until(lambda: len(client.queue) == 2)
+    assert client.queue == [second, third] and writer.pushed == [first]
+    hub.detach(client)  # the hub's ticker lives on: it must not write to this writer later
