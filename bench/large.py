@@ -88,7 +88,7 @@ def main() -> None:
             also=hosts[1:],
             # A worker stops accepting at its limit (20,000 open files) and leaves the rest to
             # the others: the kernel does not spread connections evenly among them.
-            worker_connections=min(18000, args.streams),
+            worker_connections=min(18000, args.streams + 10),  # and the probe
         )
         time.sleep(1.0)
         rss_start = {pid: rss_kib(pid) for pid in server.workers}

@@ -547,9 +547,10 @@ class Server:
         else:
             env.pop("BENCH_REDIS_URL", None)
         env.pop("BENCH_REDIS_CLUSTER", None)
-        env.pop("BENCH_SSE_CONFIG", None)
-        if target.config:
-            env["BENCH_SSE_CONFIG"] = target.config
+        if target.config:  # over what the caller set (large.py, stalled.py)
+            env["BENCH_SSE_CONFIG"] = json.dumps(
+                {**json.loads(env.get("BENCH_SSE_CONFIG", "{}")), **json.loads(target.config)}
+            )
         if cluster:
             env["BENCH_REDIS_CLUSTER"] = "1"
         cmd = [
