@@ -20,7 +20,7 @@ from flask import Response, copy_current_request_context, has_request_context
 
 from .client import Stats
 from .event import Event, comment, encode_body, retry_line
-from .serving import gevent_active, guard, unwatch
+from .serving import gevent_active, guard, http2_refusal, unwatch
 
 __all__ = ["END_EVENT", "ERROR_EVENT", "direct_response"]
 
@@ -174,7 +174,15 @@ def direct_response(
     stats: Optional[Stats] = None,
 ) -> Response:
     """``sse.response(iterable)``. ``send_timeout`` and ``send_buffer`` are the channel
-    streams' ``SSE_SEND_TIMEOUT`` and ``SSE_SEND_BUFFER_BYTES``; a cut counts in ``stats``."""
+    streams' ``SSE_SEND_TIMEOUT`` and ``SSE_SEND_BUFFER_BYTES``; a cut counts in ``stats``.
+    Under gunicorn's own HTTP/2 the answer is ``http2_refusal``'s 505 and ``iterable`` is
+    closed unstarted: an endless response would hold up every later request of the browser."""
+    refusal = http2_refusal(environ)
+    if refusal is not None:
+        close = getattr(iterable, "close", None)
+        if close is not None:
+            close()
+        return refusal
     body = _DirectStream(
         iterable, heartbeat, retry, expose_errors, queue_size, environ, send_timeout, send_buffer, stats
     )

@@ -1,7 +1,7 @@
 """The ``sse.stream`` view: every check a request passes before its stream opens.
 
-In order: CORS origin (403), channel names (400), credentials (401), channel authorization
-(403), connection caps (429). Every refusal is a short plain-text answer that says why, with
+In order: CORS origin (403), gunicorn's own HTTP/2 (505), channel names (400), credentials
+(401), channel authorization (403), connection caps (429). Every refusal is a short plain-text answer that says why, with
 the CORS headers that let a cross-origin page read it.
 """
 
@@ -21,7 +21,7 @@ from .config import Settings, validate_channel
 from .cors import cors_headers, origin_allowed, preflight_headers
 from .cursor import encode_compound
 from .event import reauth, unavailable
-from .serving import HTTP2_REFUSAL, check_server, http2, warn_memory_broker
+from .serving import check_server, http2_refusal, warn_memory_broker
 from .signals import stream_closed, stream_opened
 from .state import AppState, get_state
 from .stream import HEADERS, open_stream
@@ -140,10 +140,9 @@ def stream_view() -> Response:
     cors = cors_headers(origin, settings.cors_origins)
     if request.method == "OPTIONS":
         return Response(status=204, headers=preflight_headers(origin or "", settings.cors_origins))
-    if http2(request.environ):
-        # 505 is final for EventSource: no reconnect loop against a server that cannot serve it.
-        logger.error(HTTP2_REFUSAL)
-        return _refusal(_Refused(505, HTTP2_REFUSAL), cors)
+    refusal = http2_refusal(request.environ, cors)
+    if refusal is not None:
+        return refusal
     try:
         channels = _channels(state)
         delivery = _delivery(state)

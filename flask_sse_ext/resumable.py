@@ -37,7 +37,7 @@ from .direct import ERROR_EVENT
 from .event import comment, encode_body, frame, retry_line
 from .jobs import ANSWER_LOG, event_id, job_log, parse_event_id
 from .producer import start_answer
-from .serving import check_server, guard, unwatch
+from .serving import check_server, guard, http2_refusal, unwatch
 from .state import AppState, get_state
 from .stream import HEADERS
 
@@ -196,7 +196,11 @@ def log_response(
     headers: Optional[Mapping[str, str]] = None,
 ) -> Response:
     """Stream ``log`` after ``after``. ``first`` (a new answer's id and URL) goes out first, as
-    ``sse.stream`` with the id of the log's start, so a reconnect before any token resumes."""
+    ``sse.stream`` with the id of the log's start, so a reconnect before any token resumes.
+    Under gunicorn's own HTTP/2, ``http2_refusal``'s 505 instead."""
+    refusal = http2_refusal(request.environ)
+    if refusal is not None:
+        return refusal
     settings = state.settings
     check_server(request.environ)
     opening = retry_line(settings.retry if retry is None else retry)
@@ -278,19 +282,25 @@ def answer_response(
     expose_errors: bool,
 ) -> Response:
     """``sse.response(..., resumable=True)``: a ``Last-Event-ID`` of one of the requester's
-    answers resumes it (``iterable`` is closed unstarted); else a new answer starts."""
+    answers resumes it (``iterable`` is closed unstarted); else a new answer starts. Under
+    gunicorn's own HTTP/2, ``http2_refusal``'s 505, and ``iterable`` is closed unstarted."""
+    refusal = http2_refusal(request.environ)
+    parsed = parse_event_id(request.headers.get("Last-Event-ID"))
+    resume = parsed if parsed is not None and ANSWER_LOG.fullmatch(parsed[0]) else None
+    if refusal is not None or resume is not None:
+        close = getattr(iterable, "close", None)
+        if close is not None:
+            close()
+    if refusal is not None:
+        return refusal
     extra = dict(headers or {})
     try:
-        parsed = parse_event_id(request.headers.get("Last-Event-ID"))
-        if parsed is not None and ANSWER_LOG.fullmatch(parsed[0]):
-            close = getattr(iterable, "close", None)
-            if close is not None:
-                close()
-            meta = owned_meta(state, parsed[0])
+        if resume is not None:
+            meta = owned_meta(state, resume[0])
             if meta is None:
                 return not_found()
             return log_response(
-                state, parsed[0], parsed[1], meta, heartbeat=heartbeat, retry=retry, headers=extra
+                state, resume[0], resume[1], meta, heartbeat=heartbeat, retry=retry, headers=extra
             )
         log = start_answer(state, iterable, owner_of(state), expose_errors)
         meta = {"kind": "answer", "idle": repr(state.settings.resumable_idle)}
@@ -306,8 +316,12 @@ def answer_response(
 
 def job_response(state: AppState, job_id: str) -> Response:
     """The progress of ``job_id`` from its start (or after its ``Last-Event-ID``), then live;
-    404 for a job that was never created or expired. Raises ``ValueError`` for a bad id."""
+    404 for a job that was never created or expired; under gunicorn's own HTTP/2,
+    ``http2_refusal``'s 505. Raises ``ValueError`` for a bad id."""
     log = job_log(job_id)
+    refusal = http2_refusal(request.environ)
+    if refusal is not None:
+        return refusal
     try:
         meta = state.broker.log_meta(log)
     except BrokerError as exc:

@@ -8,7 +8,8 @@ acknowledged yet (``send_progress``), which is how a stalled or half-open client
 a client cut for that gets a reset (``abort``) that frees its buffers at once.
 
 All of it assumes the connection carries this one response: under HTTP/2 (``http2``) it is
-shared by every stream of a browser, and nothing here touches it.
+shared by every stream of a browser, and nothing here touches it: every stream response (channel,
+direct, resumable, job) answers ``http2_refusal`` instead.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import sys
 import termios
 import time
 from types import FrameType
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
+
+from flask import Response
 
 __all__ = [
     "gevent_active",
@@ -43,6 +46,7 @@ __all__ = [
     "server_response",
     "http2",
     "HTTP2_REFUSAL",
+    "http2_refusal",
     "check_server",
     "sibling_workers",
     "process_name",
@@ -72,6 +76,17 @@ def http2(environ: Dict[str, Any]) -> bool:
     """True when the server speaks HTTP/2 on this request's connection (gunicorn 27's own
     HTTP/2 says ``SERVER_PROTOCOL = "HTTP/2.0"``): the connection is shared."""
     return str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/2")
+
+
+def http2_refusal(environ: Dict[str, Any], headers: Optional[Mapping[str, str]] = None) -> Optional[Response]:
+    """The answer of every stream response under gunicorn's own HTTP/2 (``None`` elsewhere): a
+    505 that says what to do, with ``headers`` (a stream's CORS headers) added."""
+    if not http2(environ):
+        return None
+    # 505 is final for EventSource: no reconnect loop against a server that cannot serve it.
+    logger.error(HTTP2_REFUSAL)
+    sent = {**(headers or {}), "Cache-Control": "no-store"}
+    return Response(HTTP2_REFUSAL + "\n", 505, sent, mimetype="text/plain")
 
 
 def raw_socket(environ: Dict[str, Any]) -> Optional[socket.socket]:

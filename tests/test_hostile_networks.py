@@ -14,6 +14,7 @@ import re
 import socket
 import struct
 import subprocess
+import sys
 import termios
 import threading
 import time
@@ -298,20 +299,44 @@ def test_gunicorn_own_http2_is_refused_at_startup(start_server: StartServer) -> 
 def test_gunicorn_own_http2_stream_is_refused_without_touching_the_connection(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    """Without the hook (a config of its own instead of the project's gunicorn.conf.py), the
-    first stream over gunicorn's HTTP/2 gets a 505 that says what to do, and the connection it
-    shares with other requests stays up for them."""
+    """Without the hook (a config of its own instead of the project's gunicorn.conf.py), every
+    stream over gunicorn's HTTP/2 gets the same 505 that says what to do: a channel stream, a
+    direct ``sse.response``, a resumable answer and a job. Regression: the last three were
+    served, and one endless response held up every later request of the connection. No
+    generator starts, and the connection they share with other requests stays up for them."""
     config = tmp_path / "plain.conf.py"
     config.write_text("# no flask_sse_ext.gunicorn hook\n")
     h2 = ["--http-protocols", "h2,h1", "--http2-cleartext", "prior-knowledge"]
-    server = start_server(args=["-c", str(config), *h2])
-    refused, stats, gone = _h2_get(server.port, ["/stream?channel=a", "/stats", "/gone"])
-    assert refused[0] == 505
-    assert b"Terminate HTTP/2 at a proxy" in refused[1]
+    server = start_server(config={"TEST_JOURNAL": str(tmp_path)}, args=["-c", str(config), *h2])
+    streams = ["/stream?channel=a", "/probe/h2", "/answer/h2", "/job/h2-job"]
+    *refused, stats, gone = _h2_get(server.port, [*streams, "/stats", "/gone"])
+    assert [status for status, _ in refused] == [505] * len(streams)
+    assert b"Terminate HTTP/2 at a proxy" in refused[0][1]
+    assert {body for _, body in refused} == {refused[0][1]}  # one refusal, word for word
     # The later requests on the same connection are answered: it was not shut down.
     assert stats[0] == 200 and json.loads(stats[1])["streams"] == 0
     assert gone == (204, b"")
-    assert "Terminate HTTP/2 at a proxy" in server.log()
+    assert not (tmp_path / "h2").exists()  # the answer's generator never ran
+    assert server.log().count("Terminate HTTP/2 at a proxy") >= len(streams)
+
+
+def test_raw_socket_is_none_under_http2() -> None:
+    """``raw_socket`` hands out the connection's socket under gevent, but never under HTTP/2,
+    where the socket is every stream's: a stream must not watch, cut or reset it. Run in a
+    process that gevent has patched, with a real socket in ``gunicorn.socket``."""
+    code = """if True:
+        from gevent import monkey
+        monkey.patch_all()
+        import socket
+        from flask_sse_ext.serving import raw_socket
+        sock = socket.socket()
+        for protocol in ("HTTP/1.1", "HTTP/2.0"):
+            found = raw_socket({"SERVER_PROTOCOL": protocol, "gunicorn.socket": sock})
+            print(protocol, found is not None and found.fileno() == sock.fileno())
+        sock.close()
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["HTTP/1.1", "True", "HTTP/2.0", "False"], out.stderr
 
 
 def _h2_get(port: int, paths: List[str]) -> List[Tuple[Optional[int], bytes]]:
@@ -327,7 +352,10 @@ def _h2_get(port: int, paths: List[str]) -> List[Tuple[Optional[int], bytes]]:
         connection.send_headers(sid, headers, end_stream=True)
         sock.sendall(connection.data_to_send())
         status, body, done = None, b"", False
+        deadline = time.monotonic() + 10  # heartbeats of an endless stream must not wait forever
         while not done:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete answer to {path} (status {status}): {body[:200]!r}")
             data = sock.recv(65536)
             if not data:
                 raise EOFError(f"the server closed the connection before answering {path}")
