@@ -1,5 +1,5 @@
 """gunicorn integration: hand streams over on shutdown, refuse gunicorn's own HTTP/2, and keep
-tokens out of access logs.
+tokens and tickets out of its logs.
 
 In ``gunicorn.conf.py``::
 
@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from gunicorn.glogging import Logger
 
@@ -25,7 +25,7 @@ from .state import serve_all
 
 __all__ = ["RedactingLogger", "post_worker_init", "serves_http2"]
 
-_TOKEN = re.compile(r"((?:^|[?&])(?:token|ticket)=)[^&\s\"]*", re.IGNORECASE)
+_TOKEN = re.compile(r"((?:^|[?&])(?:token|ticket)=)[^&\s\"']*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -33,8 +33,56 @@ def redact(text: str) -> str:
     return _TOKEN.sub(r"\1[redacted]", text)
 
 
+def _redact_arg(value: Any) -> Any:
+    """A log message or argument with its tokens redacted: a str as text; any other object
+    (an exception that quotes the request line) replaced by its redacted ``str`` only when
+    that ``str`` holds a token, so ``%d`` and friends still get their numbers."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (int, float)):
+        return value
+    text = str(value)
+    cleaned = redact(text)
+    return value if cleaned == text else cleaned
+
+
+def _redact_all(msg: Any, args: Tuple[Any, ...]) -> Tuple[Any, Tuple[Any, ...]]:
+    return _redact_arg(msg), tuple(_redact_arg(arg) for arg in args)
+
+
 class RedactingLogger(Logger):  # type: ignore[misc]
-    """gunicorn's logger, with ``token=`` and ``ticket=`` values removed from access log lines."""
+    """gunicorn's logger, with ``token=`` and ``ticket=`` values removed from access log lines
+    and from error log messages and their arguments: gunicorn logs the request's URI, query
+    included, when a request fails ("Error handling request GET /stream?ticket=...") and quotes
+    the request line of one it cannot parse."""
+
+    def critical(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = _redact_all(msg, args)
+        super().critical(msg, *args, **kwargs)
+
+    def error(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = _redact_all(msg, args)
+        super().error(msg, *args, **kwargs)
+
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = _redact_all(msg, args)
+        super().warning(msg, *args, **kwargs)
+
+    def info(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = _redact_all(msg, args)
+        super().info(msg, *args, **kwargs)
+
+    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = _redact_all(msg, args)
+        super().debug(msg, *args, **kwargs)
+
+    def exception(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = _redact_all(msg, args)
+        super().exception(msg, *args, **kwargs)
+
+    def log(self, lvl: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = _redact_all(msg, args)
+        super().log(lvl, msg, *args, **kwargs)
 
     def atoms(self, resp: Any, req: Any, environ: Dict[str, Any], request_time: Any) -> Dict[str, Any]:
         atoms: Dict[str, Any] = super().atoms(resp, req, environ, request_time)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
+from support.client import request
 from support.ports import free_port
 from support.server import StartServer
 
@@ -26,6 +27,10 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>other origin</title>
   source.onmessage = (e) => window.events.push(e.data);
   source.onerror = () => { window.errors += 1; window.state = source.readyState; };
 </script>"""
+
+
+#: The test app, recording the requests it gets (``/requests``).
+RECORDING = "support.app:served(record_requests=True)"
 
 
 class OtherOrigin:
@@ -79,11 +84,12 @@ def test_allowed_origin_receives_events(
 def test_disallowed_origin_is_refused(
     start_server: StartServer, page: Page, other_origin: OtherOrigin
 ) -> None:
-    server = start_server(config={"SSE_CORS_ORIGINS": ["http://127.0.0.1:1"]})
+    server = start_server(app=RECORDING, config={"SSE_CORS_ORIGINS": ["http://127.0.0.1:1"]})
     page.goto(other_origin.serve(f"http://127.0.0.1:{server.port}/stream?channel=cors"))
     # A refused EventSource fails for good: readyState CLOSED (2), no reconnection.
     page.wait_for_function("window.state === 2", timeout=5000)
-    server.publish(data="must not arrive", channel="cors")
-    page.wait_for_timeout(500)
-    assert page.evaluate("window.events") == []
-    assert not page.evaluate("window.opened === true")
+    assert page.evaluate("[window.events, window.errors, window.opened === true]") == [[], 1, False]
+    status, requests = request(server.port, "GET", "/requests?path=/stream")
+    assert status == 200
+    assert len(requests) == 1, requests  # the one request, refused: the browser never retried
+    assert server.stats()["streams"] == 0

@@ -207,14 +207,25 @@ def test_a_tab_asking_for_a_forbidden_channel_alone_gets_the_error(
     assert server.stats()["channels"] == 3  # a, b and c: never secret
 
 
-def test_without_web_locks_each_tab_has_its_own_stream(start_server: StartServer, page: Page) -> None:
+@pytest.mark.parametrize(
+    "script, missing",
+    [
+        ("Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined})", "navigator.locks"),
+        ("delete window.BroadcastChannel", "window.BroadcastChannel"),
+    ],
+    ids=["no-web-locks", "no-broadcast-channel"],
+)
+def test_without_web_locks_or_broadcast_channel_each_tab_has_its_own_stream(
+    start_server: StartServer, page: Page, script: str, missing: str
+) -> None:
     server = start_server(config=CONFIG)
     tabs = []
     for n in range(2):
         tab = page if n == 0 else page.context.new_page()
-        tab.add_init_script("Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined})")
+        tab.add_init_script(script)
         tabs.append(open_tab(tab, server, ["a"]))
     for tab in tabs:
+        assert tab.evaluate(f"{missing} === undefined")
         tab.wait_for_function("window.run.conn.readyState === 1", timeout=5000)
         assert tab.evaluate("window.run.conn.leader") is None  # a plain connection
     wait_until(lambda: server.stats()["streams"] == 2, message=server.stats)

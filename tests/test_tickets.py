@@ -297,6 +297,36 @@ def test_access_log_never_shows_tickets(ticketing: Server) -> None:
     assert ticket not in ticketing.log()
 
 
+@pytest.mark.parametrize(
+    "path, logged",
+    [
+        # A view raised and the app let it through (PROPAGATE_EXCEPTIONS, a WSGI middleware):
+        # gunicorn logs the request's URI, query and all.
+        (
+            "/slow?pause=never&ticket={ticket}",
+            "Error handling request GET /slow?pause=never&ticket=[redacted]",
+        ),
+        # A request line gunicorn refuses (a control character): it quotes the line in a warning.
+        (
+            "/stream?channel=news&ticket={ticket}&bad=\x7f",
+            "Invalid HTTP request line: 'GET /stream?channel=news&ticket=[redacted]&bad=",
+        ),
+    ],
+)
+def test_error_log_never_shows_tickets(start_server: StartServer, path: str, logged: str) -> None:
+    """Regression: ``RedactingLogger`` redacted the access log only, and gunicorn's error log
+    kept the ticket of a request that failed."""
+    server = start_server(
+        config={**CONFIG, "PROPAGATE_EXCEPTIONS": True}, args=["-c", str(ROOT / "gunicorn.conf.py")]
+    )
+    ticket = mint("gus", ["news"])
+    failed = RawStream(server.port, path.format(ticket=ticket))
+    assert failed.status in (400, 500)
+    failed.close()
+    wait_until(lambda: logged in server.log(), message=server.log)
+    assert ticket not in server.log()
+
+
 # -- issue_ticket ----------------------------------------------------------------------------
 
 
@@ -346,27 +376,35 @@ def test_ticket_config_is_validated() -> None:
 # -- a stream by cookie, and where the request comes from -----------------------------------
 
 
+#: The refusal of a cookie-bearing request that the browser marks as from another site.
+NO_ORIGIN = "A stream authenticated by cookie needs an allowed Origin (SSE_CORS_ORIGINS)"
+
+
 @pytest.mark.parametrize(
-    "headers, status",
+    "headers, status, refused",
     [
-        ({"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}, 200),
-        ({}, 200),  # not a browser: no fetch metadata
-        ({"Origin": ALLOWED, "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}, 200),
-        ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}, 200, None),
+        ({}, 200, None),  # not a browser: no fetch metadata
+        ({"Origin": ALLOWED, "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}, 200, None),
+        (
+            {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+            403,
+            "Origin 'http://evil.example' is not allowed (SSE_CORS_ORIGINS)",
+        ),
         # An <img> or <script> on another site: no Origin, the browser says cross-site.
-        ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}, 403),
-        ({"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors"}, 403),
+        ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}, 403, NO_ORIGIN),
+        ({"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors"}, 403, NO_ORIGIN),
     ],
 )
 def test_cookie_stream_needs_an_allowed_origin(
-    ticketing: Server, headers: Dict[str, str], status: int
+    ticketing: Server, headers: Dict[str, str], status: int, refused: Optional[str]
 ) -> None:
     cookie = login(ticketing, "ivy")
     stream = RawStream(ticketing.port, "/stream?channel=private:ivy", headers={"Cookie": cookie, **headers})
-    assert stream.status == status, stream.body()
-    if status == 403:
-        body = stream.body().decode()
-        assert "cookie needs an allowed Origin" in body or "is not allowed" in body, body
+    if refused is None:
+        assert stream.status == status, stream.body()
+    else:
+        assert refusal(stream) == (status, refused)
 
 
 def test_cross_site_tag_without_a_cookie_or_with_a_token_is_not_refused(ticketing: Server) -> None:

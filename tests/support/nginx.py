@@ -184,6 +184,8 @@ def _adapt_site(text: str, port: int, upstream_port: int, tls: Optional[Tuple[Pa
         replaced.append(count)
     if replaced != [1, 1]:
         raise ValueError("a site file needs one 'server 127.0.0.1:8000;' and one 'listen 80' or 'listen 443'")
+    # The site's own access log goes to the test's directory (nginx -p), not to /var/log/nginx.
+    text = re.sub(r"^(\s*access_log\s+)/\S+", r"\g<1>site-access.log", text, flags=re.M)
     if tls is not None:
         for name, path in zip(("ssl_certificate", "ssl_certificate_key"), tls):
             text = re.sub(rf"^(\s*{name}\s+)\S+;", rf"\g<1>{path};", text, flags=re.M)
