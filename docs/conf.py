@@ -1,5 +1,9 @@
 """Sphinx configuration: MyST Markdown pages, the Pallets ("flask") theme, autodoc.
 
+Sphinx rather than MkDocs: autodoc builds the API reference from the docstrings, so it cannot
+drift from the code; the Pallets theme matches Flask's own docs, as other Flask extensions do;
+and MyST lets every page stay Markdown, like the README.
+
 Build: ``python -m sphinx -W -b html docs docs/_build/html`` (needs ``pip install -e ".[docs]"``).
 """
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from datetime import timedelta
 from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Union
@@ -10,6 +9,7 @@ from typing import Any, Collection, Dict, Iterable, Mapping, Optional, Union
 from flask import Blueprint, Flask, Response, current_app, request
 
 from .auth import AuthError, Authorize, TokenLoader, identify, issue_token
+from .brokers import require_extra
 from .cli import cli
 from .config import load_settings
 from .direct import direct_response
@@ -131,9 +131,9 @@ class SSE:
             )
         settings = load_settings(app.config, self._options)
         if settings.redis_url is not None:
-            _require("redis", "hiredis", extra="redis", key="SSE_REDIS_URL")
+            require_extra("redis", "hiredis", extra="redis", needed_by="SSE_REDIS_URL")
         if settings.metrics_path is not None:
-            _require("prometheus_client", extra="prometheus", key="SSE_METRICS_PATH")
+            require_extra("prometheus_client", extra="prometheus", needed_by="SSE_METRICS_PATH")
         app.extensions["sse"] = AppState(self, settings, self.hooks)
         app.register_blueprint(_blueprint(), url_prefix=settings.url_prefix)
         if settings.metrics_path is not None:
@@ -269,13 +269,6 @@ class SSE:
         data not drained within ``SSE_SEND_TIMEOUT``); ``broker_reconnects`` to Redis.
         Needs an app context."""
         return self.state().counters()
-
-
-def _require(*modules: str, extra: str, key: str) -> None:
-    """Fail at ``init_app``, not at the first request, when an optional extra is missing."""
-    for module in modules:
-        if importlib.util.find_spec(module) is None:
-            raise RuntimeError(f'{key} needs the {module!r} package: pip install "flask-sse-ext[{extra}]"')
 
 
 def _blueprint() -> Blueprint:

@@ -67,6 +67,8 @@ class Publisher:
     ``redis_url`` takes the same forms as ``SSE_REDIS_URL`` (Sentinel included), and
     ``min_replicas`` makes ``publish`` wait for replicas as ``SSE_REDIS_MIN_REPLICAS`` does.
     It needs no app context and no gevent, and is safe to share between threads.
+
+    Raises ``RuntimeError`` with the ``pip install`` line when the ``[redis]`` extra is missing.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Publisher:
             history_ttl=history_ttl,
             min_replicas=min_replicas,
             replica_timeout=replica_timeout,
+            needed_by="Publisher(redis_url)",
         )
 
     def publish(

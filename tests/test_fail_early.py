@@ -10,7 +10,7 @@ from typing import Any, Dict
 import pytest
 from flask import Flask
 
-from flask_sse_ext import SSE
+from flask_sse_ext import SSE, Publisher
 from flask_sse_ext.state import get_state
 
 
@@ -33,6 +33,18 @@ def test_redis_url_without_the_redis_extra_fails_at_init_app(
     with pytest.raises(RuntimeError, match=re.escape(expected)):
         SSE(app)
     assert "sse" not in app.extensions and "sse" not in app.blueprints
+
+
+@pytest.mark.parametrize("module", ["redis", "hiredis"])
+def test_publisher_without_the_redis_extra_fails_with_the_install_line(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: ``Publisher(redis_url)`` in a Celery worker without the extra raised a bare
+    ModuleNotFoundError; it now says what to install, as init_app does."""
+    monkeypatch.setitem(sys.modules, module, None)
+    expected = f"Publisher(redis_url) needs the '{module}' package: pip install \"flask-sse-ext[redis]\""
+    with pytest.raises(RuntimeError, match=re.escape(expected)):
+        Publisher("redis://127.0.0.1:6379/0")
 
 
 def test_metrics_path_without_prometheus_client_fails_at_init_app(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,9 +5,11 @@ virtualenv, serves the Quickstart under gunicorn's gevent worker."""
 from __future__ import annotations
 
 import ast
+import configparser
 import email
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Set
+from typing import Dict, Iterable, List, Optional, Set
 
 import pytest
 
@@ -33,6 +35,7 @@ QUICKSTART = ROOT / "docs" / "examples" / "quickstart" / "app.py"
 class Dist:
     sdist: Path
     wheel: Path
+    log: str  # what the build printed
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     assert build.returncode == 0, build.stdout + build.stderr
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
-    return Dist(sdist, wheel)
+    return Dist(sdist, wheel, build.stdout + build.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +129,8 @@ def test_the_wheel_carries_the_package_and_its_metadata(dist: Dist) -> None:
     ):
         assert needed in names, needed
     assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names)
+    # Regression: static/ (no __init__.py) was "Package 'flask_sse_ext.static' would be ignored".
+    assert "would be ignored" not in dist.log, dist.log
     assert not any(n.startswith(("tests/", "docs/", "example_app/", "bench/")) for n in names)
     assert metadata["Version"] == flask_sse_ext.__version__
     assert metadata["License"] == "BSD-3-Clause"
@@ -135,18 +140,82 @@ def test_the_wheel_carries_the_package_and_its_metadata(dist: Dist) -> None:
     assert str(metadata.get_payload()).startswith("# flask-sse-ext")  # the README, as the index shows it
 
 
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_level_imports(path: Path) -> Set[str]:
+    """The modules ``path`` imports at module level, outside ``try`` blocks (where an optional
+    import may fail), as absolute dotted names (``from .x import y`` gives ``pkg.x`` and
+    ``pkg.x.y``, as ``y`` may be a module)."""
+    name = module_name(path)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: Set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def top_levels(paths: Iterable[Path]) -> Set[str]:
+    return {name.split(".")[0] for path in paths for name in module_level_imports(path)}
+
+
+def source_of(module: str) -> Optional[Path]:
+    """The file of ``module`` when it is the package's or the example app's."""
+    if module.split(".")[0] not in ("flask_sse_ext", "example_app"):
+        return None
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def run_by_importing(start: Iterable[Path]) -> Set[Path]:
+    """``start`` and every file of the package or the example app that importing them runs
+    (a module's parent packages included), following module-level imports."""
+    todo = list(start)
+    seen: Set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in module_level_imports(path):
+            parts = name.split(".")
+            todo.extend(f for end in range(1, len(parts) + 1) if (f := source_of(".".join(parts[:end]))))
+    return seen
+
+
+def canonical(name: str) -> str:
+    """A distribution's name as PEP 503 compares it (``Flask_Login`` is ``flask-login``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    """``gunicorn[gevent]>=21.2; python_version>'3'`` -> ``gunicorn``."""
+    return canonical(re.split(r"[\s\[;<>=!~]", requirement.strip(), maxsplit=1)[0])
+
+
+def distributions(tops: Iterable[str]) -> Dict[str, Set[str]]:
+    """The installed distributions that provide each top-level module (none for the standard
+    library and this checkout's own packages)."""
+    providers = importlib.metadata.packages_distributions()
+    return {top: {canonical(dist) for dist in providers.get(top, [])} for top in tops}
+
+
 def imported_distributions() -> Set[str]:
     """The distributions the package imports at module level, outside ``try`` blocks."""
-    top_levels: Set[str] = set()
-    for path in (ROOT / "flask_sse_ext").rglob("*.py"):
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Import):
-                top_levels.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                top_levels.add(node.module.split(".")[0])
-    providers = importlib.metadata.packages_distributions()
-    # The standard library and the package itself have no distribution here.
-    return {dist.lower() for top in top_levels - {"flask_sse_ext"} for dist in providers.get(top, [])}
+    tops = top_levels((ROOT / "flask_sse_ext").rglob("*.py")) - {"flask_sse_ext"}
+    return set().union(*distributions(tops).values())
 
 
 def test_every_imported_distribution_is_declared(dist: Dist) -> None:
@@ -155,12 +224,38 @@ def test_every_imported_distribution_is_declared(dist: Dist) -> None:
         (metadata_name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = email.message_from_bytes(wheel.read(metadata_name))
     required: List[str] = metadata.get_all("Requires-Dist") or []
-    declared = {
-        req.split(";")[0].split("[")[0].split(">")[0].split("=")[0].strip().lower() for req in required
-    }
+    declared = {requirement_name(req) for req in required}
     assert "blinker" in declared
     missing = imported_distributions() - declared
     assert not missing, f"imported but not in install_requires or an extra: {missing}"
+
+
+def declared_in_setup_cfg(*extras: str) -> Set[str]:
+    """The distributions ``pip install ".[extras]"`` installs by name: install_requires and
+    ``extras``, from setup.cfg."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    lines = config["options"]["install_requires"].splitlines()
+    for extra in extras:
+        lines += config["options.extras_require"][extra].splitlines()
+    return {requirement_name(line) for line in lines if line.strip() and not line.strip().startswith("#")}
+
+
+def test_the_example_extra_alone_serves_the_example_app() -> None:
+    """The README's first command, ``pip install -e ".[example]" && gunicorn -c gunicorn.conf.py``:
+    what the example app and the gunicorn config import (and the package modules that runs)
+    is the standard library, this checkout, or a distribution the ``[example]`` extra installs."""
+    declared = declared_in_setup_cfg("example")
+    # The command itself, and the config's worker_class = "gevent".
+    assert {"gunicorn", "gevent"} <= declared, declared
+    files = run_by_importing([*(ROOT / "example_app").rglob("*.py"), ROOT / "gunicorn.conf.py"])
+    assert ROOT / "flask_sse_ext" / "gunicorn.py" in files  # the scan follows the config's import
+    tops = top_levels(files) - set(sys.stdlib_module_names) - {"flask_sse_ext", "example_app"}
+    providers = distributions(tops)
+    unknown = sorted(top for top in tops if not providers[top])
+    assert not unknown, f"imported, not the standard library, and not installed: {unknown}"
+    missing = {top: sorted(dists) for top, dists in providers.items() if not dists & declared}
+    assert not missing, f"imported by the example app but not in install_requires or [example]: {missing}"
 
 
 def test_the_quickstart_runs_from_the_installed_wheel(venv: Path, tmp_path: Path) -> None:

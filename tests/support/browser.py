@@ -1,7 +1,8 @@
-"""A real headless Chromium (Debian's /usr/bin/chromium) driven by Playwright's sync API.
+"""A real headless Chromium (the ``chromium`` on PATH, Debian's from ``apt-get install chromium``)
+driven by Playwright's sync API.
 
 Playwright is used as a library only: ``pip install playwright``, never ``playwright install``
-(the browser is Debian's, from ``apt-get install chromium``). A missing browser fails the test
+(the browser is the system's; scripts/test installs Debian's). A missing browser fails the test
 that asks for it, with the command that installs it: it is never skipped.
 
 Playwright's sync API runs an asyncio event loop in a greenlet and leaves that loop marked as
@@ -15,7 +16,7 @@ monkey-patched by gevent (the suite runs gevent only inside the gunicorn subproc
 from __future__ import annotations
 
 import asyncio
-import os
+import shutil
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -25,9 +26,7 @@ import pytest
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
-__all__ = ["CHROMIUM", "launch_chromium", "playwright_loop"]
-
-CHROMIUM = "/usr/bin/chromium"
+__all__ = ["chromium_path", "launch_chromium", "playwright_loop"]
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -71,13 +70,19 @@ def playwright_loop() -> Iterator[None]:
         _park()
 
 
-def _check_environment() -> None:
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+def chromium_path() -> str:
+    """The ``chromium`` on PATH (as scripts/test checks), or the test fails saying how to get it."""
+    path = shutil.which("chromium")
+    if path is None:
         pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
-            "(apt-get install chromium; .ci/run installs it)",
+            "chromium is not on PATH: the browser tests need a Chromium run as 'chromium' "
+            "(on Debian: apt-get install chromium; scripts/test installs it)",
             pytrace=False,
         )
+    return path
+
+
+def _check_environment() -> None:
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None and monkey.is_anything_patched():
         pytest.fail("gevent monkey-patched the test process: Playwright cannot run", pytrace=False)
@@ -93,6 +98,7 @@ def _check_environment() -> None:
 def launch_chromium() -> Iterator[Browser]:
     """Start Playwright and a headless Chromium (for the session), with Playwright's loop parked
     outside ``playwright_loop`` blocks; both are stopped on exit."""
+    executable = chromium_path()
     _check_environment()
     try:
         from playwright.sync_api import sync_playwright
@@ -101,7 +107,7 @@ def launch_chromium() -> Iterator[Browser]:
     playwright = sync_playwright().start()
     try:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=30_000
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS, timeout=30_000
         )
     except BaseException:
         playwright.stop()
