@@ -2,7 +2,9 @@
 
 One table (``CASES``) of published events and the events a client that follows the WHATWG
 rules yields for them. For each broker, one server; every client reads the table's channel at
-once (``support.matrix``): typed events, multi-line and empty data, a leading space, leading
+once (``support.matrix``), then a stream of two channels that the table's events alternate
+between (its ids are compound cursors, and it opens with a ``:cursor`` comment, which two
+clients once turned into an empty event when it was an id-only line): typed events, multi-line and empty data, a leading space, leading
 and trailing newlines, UTF-8 and Unicode line separators, CR and CRLF, field look-alikes, JSON,
 the publisher's ids, ``retry``, heartbeats while idle, a cut and a reconnect with
 ``Last-Event-ID`` that replays what was published meanwhile, then live events again. Each
@@ -17,11 +19,12 @@ fixed library shows up as a failure here to update. docs/clients.md describes th
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from flask_sse_ext.brokers.base import format_position, parse_position
+from flask_sse_ext.cursor import decode_compound
 from flask_sse_ext.event import encode_body
 from support.browser import playwright_loop
 from support.client import RawStream
@@ -137,12 +140,14 @@ def matrix_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     assert "Traceback" not in server.log(), server.log()
 
 
-@pytest.fixture(scope="module")
-def matrix(matrix_server: Server, browser_session: Browser) -> MatrixRun:
-    """Every client at once, on the channel ``matrix``."""
+@pytest.fixture(
+    scope="module", params=[("matrix",), ("matrix-a", "matrix-b")], ids=["one-channel", "two-channels"]
+)
+def matrix(request: pytest.FixtureRequest, matrix_server: Server, browser_session: Browser) -> MatrixRun:
+    """Every client at once, on the channel ``matrix``, or on one stream of two channels."""
     install_node_clients()
     with playwright_loop():
-        return run_matrix(matrix_server, browser_session, "matrix", CASES, SERVER_RETRY)
+        return run_matrix(matrix_server, browser_session, request.param, CASES, SERVER_RETRY)
 
 
 def expected_for(client: str, run: MatrixRun) -> List[Dict[str, Any]]:
@@ -150,8 +155,33 @@ def expected_for(client: str, run: MatrixRun) -> List[Dict[str, Any]]:
     for event in run.expected:
         deviation = DEVIATIONS.get((client, event["case"]))
         data = event["data"] if deviation is None else deviation[0]
-        out.append({"case": event["case"], "type": event["type"], "data": data, "id": event["id"]})
+        out.append({**event, "data": data})
     return out
+
+
+def check_compound_ids(run: MatrixRun, expected: List[Dict[str, Any]], got: List[Dict[str, Any]]) -> None:
+    """On a stream of several channels every id is a compound cursor (one position per channel,
+    in the channels' sorted order): with each event, its own channel's position moves to the
+    event's (past the last one for a publisher's own id), and the others' stay where they were.
+    Then ``expected`` takes the ids as they are, for the comparison of the whole events."""
+    order = sorted(run.channels)
+    previous: Optional[List[Optional[Tuple[int, int]]]] = None
+    for event, published in zip(got, expected):
+        positions = decode_compound(event["id"], len(order))
+        assert positions is not None, (event, published)
+        mine = order.index(published["channel"])
+        own = parse_position(published["id"])
+        if own is not None:
+            assert positions[mine] == own, (event, published)
+        if previous is not None:
+            assert positions[:mine] + positions[mine + 1 :] == previous[:mine] + previous[mine + 1 :], (
+                event,
+                published,
+            )
+            before, now = previous[mine], positions[mine]
+            assert before is not None and now is not None and now > before, (event, published)
+        previous = positions
+        published["id"] = event["id"]
 
 
 def check(client: str, run: MatrixRun) -> None:
@@ -160,6 +190,8 @@ def check(client: str, run: MatrixRun) -> None:
     assert run.heartbeats == 3  # the channel idled through heartbeats before the cut
     expected = expected_for(client, run)
     got = [{"type": e["type"], "data": e["data"], "id": e["id"]} for e in result.events]
+    if len(run.channels) > 1:
+        check_compound_ids(run, expected, got)
     # Exactly the published events, in order: nothing before, between or after them.
     assert got == [{k: e[k] for k in ("type", "data", "id")} for e in expected], context
     assert [line for line in result.lines if "type" not in line and not line.get("open")] == [], context
@@ -172,7 +204,7 @@ def check(client: str, run: MatrixRun) -> None:
     assert result.opens == 2, context
     first, second = result.requests
     assert first["last_event_id"] is None
-    last_before = [e for e in run.expected if e["case"] == "retry"][0]["id"]
+    last_before = [e for e in expected if e["case"] == "retry"][0]["id"]
     assert second["last_event_id"] == last_before, result.requests
     assert second["at"] - run.cut_at >= RETRY / 2000, (second["at"] - run.cut_at, result.requests)
     assert second["at"] > run.away_published_at

@@ -98,15 +98,28 @@ def test_the_cli_publishes_to_a_job(
     config = {"SSE_REDIS_URL": redis_server.url, "SSE_REDIS_PREFIX": prefix}
     server = start_server(config=config)
     runner = create_app(config, sse=SSE()).test_cli_runner()
-    first = runner.invoke(args=["sse", "job", "cli-1", '{"percent": 50}', "--json", "--event", "progress"])
-    assert first.exit_code == 0, first.output
-    assert first.stdout.startswith("j.cli-1.")
+
+    def publish(percent: int) -> str:
+        out = runner.invoke(
+            args=["sse", "job", "cli-1", f'{{"percent": {percent}}}', "--json", "--event", "progress"]
+        )
+        assert out.exit_code == 0, out.output
+        assert out.stdout.startswith("j.cli-1.")
+        return out.stdout.strip()
+
+    ids = [publish(percent) for percent in (10, 20, 30)]  # before anyone reads the job
     stream = RawStream(server.port, "/job/cli-1")
-    stream.chunk()
-    assert progress(read(stream, 1)) == [50]
+    assert stream.chunk() == b"retry: 3000\n"
+    early = read(stream, 3)
+    assert progress(early) == [10, 20, 30]  # all of them, in order
+    assert [e.last_event_id for e in early] == ids
+    for percent in (40, 50):  # then live ones
+        publish(percent)
+        assert progress(read(stream, 1)) == [percent]
     done = runner.invoke(args=["sse", "job", "cli-1", "all good", "--end"])
     assert done.exit_code == 0, done.output
     assert [(e.type, e.data) for e in read(stream, 1)] == [("sse.end", "all good")]
+    assert stream.chunk() is None
     late = runner.invoke(args=["sse", "job", "cli-1", "x"])
     assert late.exit_code == 2 and "has ended" in late.output
     bad = runner.invoke(args=["sse", "job", "no spaces", "x"])

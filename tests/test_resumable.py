@@ -3,6 +3,7 @@ with the in-process broker (one worker) and with Redis (two workers)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -35,6 +36,13 @@ def broker_server(
         config.update(SSE_REDIS_URL=redis_server.url, SSE_REDIS_PREFIX=prefix)
         workers = 2
     yield start_server(config=config, workers=workers)
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, broker_server: Server) -> str:
+    """Which broker ``broker_server`` runs: "memory" or "redis"."""
+    name: str = request.node.callspec.params["broker_server"]
+    return name
 
 
 def token(server: Server, identity: str) -> str:
@@ -144,7 +152,10 @@ def test_reconnect_to_the_other_worker_gets_the_rest_exactly_once(
 
     # An ended stream replays to its end, from anywhere in it, on any worker.
     again = resume(server, info["url"], headers, f"{info['id']}.0-0")
-    assert tokens(again.until_end()) == list(range(1, 41))
+    replayed = again.until_end()
+    assert tokens(replayed) == list(range(1, 41))
+    assert replayed[-1].type == "sse.end" and again.backlog == []  # not sse.error, nothing after
+    assert again.stream.chunk() is None  # and the response ends there
     assert [line.split()[0] for line in journal(tmp_path, "forty")] == ["start", "stop"]
 
 
@@ -183,15 +194,45 @@ def test_client_that_never_returns_stops_the_generator_at_its_idle_limit(
     assert len(tokens(late)) >= 5
 
 
+def connection_to_another_worker(server: Server, not_pid: int) -> http.client.HTTPConnection:
+    """A keep-alive connection that a worker other than ``not_pid`` serves (asks ``/stats``)."""
+
+    def attempt() -> Optional[http.client.HTTPConnection]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", "/stats")
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 200 and not response.will_close, response.headers
+        if body["pid"] != not_pid:
+            return conn
+        conn.close()
+        return None
+
+    return wait_until(attempt, timeout=10, message="no other worker answered")
+
+
 @pytest.mark.parametrize("how", ["http", "api"])
-def test_cancel_stops_the_generator_within_a_second(broker_server: Server, tmp_path: Path, how: str) -> None:
+def test_cancel_stops_the_generator_within_a_second(
+    broker_server: Server, broker: str, tmp_path: Path, how: str
+) -> None:
+    """With Redis, the HTTP cancel goes to the worker that does not run the generator."""
     headers = auth(broker_server, "alice")
+    two_workers = broker == "redis"
+    if two_workers:
+        broker_server.worker_pids(at_least=2)
     first, info = start(broker_server, f"cancel-{how}", headers, "count=1000&pace=0.1")
     first.read(2)
     if how == "http":
+        if two_workers:
+            conn = connection_to_another_worker(broker_server, first.pid)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", broker_server.port, timeout=10)
         asked = time.time()
-        stream = RawStream(broker_server.port, info["url"], headers=headers, method="DELETE")
-        assert stream.status == 204
+        conn.request("DELETE", info["url"], headers=headers)
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (204, b"")
+        assert (int(response.headers["X-Pid"]) != first.pid) is two_workers
+        conn.close()
     else:
         status, body = request(broker_server.port, "POST", f"/cancel/{info['id']}")
         assert status == 200 and body["cancelled"] is True
@@ -229,8 +270,9 @@ def test_sigkilled_worker_leaves_the_stream_ended_with_sse_error(
 
 
 def _answer_of(port: int, url: str, who: Dict[str, str], method: str, last_id: str) -> Tuple[Any, ...]:
+    """Status, body and headers (a ``Set-Cookie`` too): all but the date and the worker's pid."""
     stream = RawStream(port, url, headers={**who, "Last-Event-ID": last_id}, method=method)
-    headers = sorted((k, v) for k, v in stream.headers.items() if k not in ("date", "x-pid", "set-cookie"))
+    headers = sorted((k, v) for k, v in stream.headers.items() if k not in ("date", "x-pid"))
     return stream.status, stream.body(), headers
 
 
@@ -245,8 +287,12 @@ def test_another_identity_gets_the_same_answer_as_an_unknown_id(broker_server: S
             reference = _answer_of(port, f"/stream/resume/{unknown}", who, method, unknown + ".0-0")
             assert reference[:2] == (404, b"No such stream\n")
             assert _answer_of(port, info["url"], who, method, first.last_id) == reference
+            assert all(name != "set-cookie" for name, _ in reference[2])  # no session made for it
         # Nor through the view: another identity's Last-Event-ID names an unknown stream.
-        assert _answer_of(port, "/answer/mine", who, "GET", first.last_id)[:2] == (404, b"No such stream\n")
+        reference = _answer_of(port, "/answer/mine", who, "GET", unknown + ".0-0")
+        assert reference[:2] == (404, b"No such stream\n")
+        assert _answer_of(port, "/answer/mine", who, "GET", first.last_id) == reference
+        assert all(name != "set-cookie" for name, _ in reference[2])  # no session made for it
     # The stream went on untouched (the DELETEs cancelled nothing), and alice still reads it.
     mine = Answer(RawStream(port, info["url"], headers={**alice, "Last-Event-ID": first.last_id}))
     assert tokens(mine.read(2)) == [2, 3]

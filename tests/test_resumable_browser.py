@@ -80,12 +80,21 @@ def test_chat_page_reload_mid_answer_completes_without_a_second_model_run(
             "Number(document.querySelector('.bubble.bot')?.dataset.tokens) >= 5 && "
             "sessionStorage.getItem('chat.pending') !== null"
         )
+        # The answer is unfinished when the page goes: no sse.end yet (chat.js marks the bubble
+        # "done" on it), the stream still open ("streaming"), and not every token is shown.
+        reply = importlib.import_module("example_app.demo").REPLY
+        shown = page.evaluate(
+            "(() => { const b = document.querySelector('.bubble.bot');"
+            " return [b.classList.contains('done'), b.classList.contains('streaming'),"
+            " Number(b.dataset.tokens)]; })()"
+        )
         page.reload()
+        words = len(re.findall(r"\S+\s*", reply.format(prompt="What is SSE?")))
+        assert shown[:2] == [False, True] and 5 <= shown[2] < words, (shown, words)
         page.wait_for_selector(".bubble.bot.done", timeout=15_000)
         answer = page.text_content(".bubble.bot")
         # All of it, each token once. (Imported by name: type-checking the example app's
         # Flask-Login views is not this test's business.)
-        reply = importlib.import_module("example_app.demo").REPLY
         assert answer == reply.format(prompt="What is SSE?")
         assert page.text_content(".bubble.user") == "What is SSE?"
         assert page.evaluate("sessionStorage.getItem('chat.pending')") is None

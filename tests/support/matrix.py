@@ -1,10 +1,11 @@
-"""The client matrix: every real client reads one channel of one server while a table of
-events is published, and each reports exactly what it yields.
+"""The client matrix: every real client reads one stream of one server (one channel, or
+several) while a table of events is published, and each reports exactly what it yields.
 
 ``run_matrix`` starts the readers (``support/readers`` for Python, ``tests/node`` for Node)
 and two browser clients in one Chromium page (``EventSource`` and the shipped
-``sse-client.js``), all at once. It publishes the table in three parts: ``before`` the server
-ends every stream of the channel, ``away`` (right after: the clients are waiting to reconnect,
+``sse-client.js``), all at once. It publishes the table in three parts (on a stream of several
+channels, the cases go to each channel in turn): ``before`` the server ends every stream of
+the channel, ``away`` (right after: the clients are waiting to reconnect,
 so these arrive by replay after ``Last-Event-ID``) and ``after`` they came back (live, ending
 with the event ``done``). Between ``before`` and the cut the channel idles through heartbeats.
 It waits on conditions, never on a guessed time. A client that falls short does not stop the
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
 from urllib.parse import parse_qs
 
 import pytest
@@ -90,7 +92,10 @@ class ClientRun:
 
 @dataclass
 class MatrixRun:
-    #: ``{"case", "type", "data", "id"}`` per published event, in order.
+    #: The channels the stream reads (``?channel=`` each, in this order).
+    channels: Sequence[str]
+    #: ``{"case", "type", "data", "id", "channel"}`` per published event, in order; ``id`` is
+    #: what ``publish`` returned (on several channels, the stream's ids are compound cursors).
     expected: List[Dict[str, Any]]
     #: When the server ended the streams (epoch seconds), and when ``away`` was published.
     cut_at: float
@@ -100,12 +105,52 @@ class MatrixRun:
     heartbeats: int
 
 
+def _node_minimum(lock: Dict[str, Any]) -> Tuple[int, ...]:
+    """The oldest Node.js every package pinned in ``lock`` supports: the highest lower bound
+    (``>=X.Y.Z``) of their ``engines.node``."""
+    floor: Tuple[int, ...] = (0,)
+    for name, package in lock.get("packages", {}).items():
+        wanted = package.get("engines", {}).get("node")
+        if wanted is None:
+            continue
+        match = re.fullmatch(r">=\s*v?(\d+(?:\.\d+){0,2})", wanted.strip())
+        if match is None:
+            pytest.fail(f"{name} in {NODE_DIR / 'package-lock.json'} wants node {wanted!r}: not a >= bound")
+        floor = max(floor, tuple(int(part) for part in match.group(1).split(".")))
+    return floor
+
+
+def _installed(lock: Dict[str, Any]) -> bool:
+    """node_modules holds what ``lock`` pins: npm's record of what it installed there
+    (``node_modules/.package-lock.json``) lists the same packages."""
+    try:
+        record = json.loads((NODE_DIR / "node_modules" / ".package-lock.json").read_text())
+    except (OSError, ValueError):
+        return False
+    pinned = {path: package for path, package in lock.get("packages", {}).items() if path}
+    return bool(record.get("packages") == pinned)
+
+
 def install_node_clients() -> None:
-    """``npm ci`` in tests/node when its node_modules is missing (the lock file pins them)."""
+    """Check Node.js against what the pinned packages need (their ``engines``), and run
+    ``npm ci`` in tests/node when node_modules is missing or not what package-lock.json pins."""
+    lock = json.loads((NODE_DIR / "package-lock.json").read_text())
+    minimum = ".".join(map(str, _node_minimum(lock)))
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing: the Node clients need Node.js 20+ (apt-get install nodejs npm)")
-    if (NODE_DIR / "node_modules").is_dir():
+            pytest.fail(
+                f"{tool} is missing: the Node clients need Node.js {minimum} or later (apt-get install nodejs npm)"
+            )
+    version = subprocess.run(
+        ["node", "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    found = re.match(r"v(\d+)\.(\d+)\.(\d+)", version.strip())
+    if found is None or tuple(map(int, found.groups())) < _node_minimum(lock):
+        pytest.fail(
+            f"node --version says {version.strip()!r}: the Node clients pinned in "
+            f"{NODE_DIR / 'package-lock.json'} need Node.js {minimum} or later (their engines field)"
+        )
+    if _installed(lock):
         return
     cmd = ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"]
     out = subprocess.run(cmd, cwd=NODE_DIR, capture_output=True, text=True, timeout=300, check=False)
@@ -177,9 +222,13 @@ _BROWSER_READERS = """
 """
 
 
-def _commands(port: int, channel: str, types: List[str]) -> Dict[str, List[str]]:
+def _path(channels: Sequence[str], client: str) -> str:
+    return "/stream?" + "".join(f"channel={channel}&" for channel in channels) + f"client={client}"
+
+
+def _commands(port: int, channels: Sequence[str], types: List[str]) -> Dict[str, List[str]]:
     def url(client: str) -> str:
-        return f"http://127.0.0.1:{port}/stream?channel={channel}&client={client}"
+        return f"http://127.0.0.1:{port}" + _path(channels, client)
 
     python = [sys.executable, "-m"]
     return {
@@ -214,21 +263,22 @@ def _wait_all(
 
 
 def run_matrix(
-    server: Server, browser: Browser, channel: str, cases: Sequence[Case], retry: int
+    server: Server, browser: Browser, channels: Sequence[str], cases: Sequence[Case], retry: int
 ) -> MatrixRun:
-    """Run every client of ``CLIENTS`` against ``server`` on ``channel`` (see the module
-    docstring); ``retry`` is the server's ``SSE_RETRY``."""
+    """Run every client of ``CLIENTS`` against ``server`` on one stream of ``channels`` (see the
+    module docstring); ``retry`` is the server's ``SSE_RETRY``."""
     types = sorted({case.type for case in cases} | {"sse.missed", "sse.end", "sse.error"})
     clients = {name: ClientRun(name) for name in CLIENTS}
-    readers = [_Reader(clients[name], cmd) for name, cmd in _commands(server.port, channel, types).items()]
+    commands = _commands(server.port, channels, types)
+    readers = [_Reader(clients[name], cmd) for name, cmd in commands.items()]
     context = browser.new_context()
     page: Page = context.new_page()
-    witness = RawStream(server.port, f"/stream?channel={channel}&client=witness")
+    witness = RawStream(server.port, _path(channels, "witness"))
     try:
         witness.opening(retry)
         page.goto(server.url + "/")
         page.wait_for_function("window.ready === true")
-        urls = {name: f"/stream?channel={channel}&client={name}" for name in _BROWSER}
+        urls = {name: _path(channels, name) for name in _BROWSER}
         page.evaluate(_BROWSER_READERS, {"urls": urls, "types": types})
 
         def poll() -> None:
@@ -239,10 +289,19 @@ def run_matrix(
         expected: List[Dict[str, Any]] = []
 
         def publish(phase: str) -> None:
-            for case in cases:
+            for number, case in enumerate(cases):
                 if case.phase == phase:
+                    channel = channels[number % len(channels)]
                     event_id = server.publish(**case.publish, channel=channel)
-                    expected.append({"case": case.name, "type": case.type, "data": case.data, "id": event_id})
+                    expected.append(
+                        {
+                            "case": case.name,
+                            "type": case.type,
+                            "data": case.data,
+                            "id": event_id,
+                            "channel": channel,
+                        }
+                    )
 
         _wait_all(clients, lambda run: run.opens >= 1, poll)
         publish("before")
@@ -252,7 +311,8 @@ def run_matrix(
         witness.events(before)
         beats = witness.chunks(3, timeout=5, heartbeats=True)
         cut_at = time.time()
-        status, _ = request(server.port, "POST", f"/resync/{channel}")
+        # Ending the streams of one channel ends every stream that reads it.
+        status, _ = request(server.port, "POST", f"/resync/{channels[0]}")
         assert status == 200
         publish("away")
         away_published_at = time.time()
@@ -270,7 +330,9 @@ def run_matrix(
     assert status == 200
     for entry in recorded:
         # sse-client.js adds parameters of its own (``opening``) after ``client``.
-        client = parse_qs(entry["query"]).get("client", [""])[0]
-        if client in clients:
+        query = parse_qs(entry["query"])
+        client = query.get("client", [""])[0]
+        # The server may have served other runs of the matrix: only this stream's requests.
+        if client in clients and query.get("channel") == list(channels):
             clients[client].requests.append(entry)
-    return MatrixRun(expected, cut_at, away_published_at, clients, beats.count(HEARTBEAT))
+    return MatrixRun(channels, expected, cut_at, away_published_at, clients, beats.count(HEARTBEAT))
