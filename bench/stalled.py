@@ -2,6 +2,7 @@
 
     python bench/stalled.py                      # 1,000 stalled, 100 readers: about 1.5 minutes
     python bench/stalled.py --stalled 200 --seconds 10
+    python bench/stalled.py --rate 2 --rounds 3   # the p99 ratio as the median of 3 pairs
 
 Two runs on a fresh ``gunicorn -k gevent -w 1`` of ``bench/ext_app.py`` (in-process broker,
 the extension's defaults: ``SSE_SEND_TIMEOUT`` 10 s, ``SSE_CLIENT_QUEUE_BYTES`` 1 MiB,
@@ -21,6 +22,7 @@ import json
 import os
 import select
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -240,7 +242,8 @@ def report(alone: Dict[str, Any], crowded: Dict[str, Any], args: argparse.Namesp
         f"+{peak_rss} kB, back within 2 MB from {_s(rss_back)} on, at the end {last_rss:+d} kB "
         f"(before the stalled clients connected: {unconnected:+d} kB)",
         f"kernel TCP memory over baseline ({crowded['baseline']['tcp_mem_pages']} pages): peak +{peak_mem} pages "
-        f"({peak_mem * 4 / 1024:.1f} MB), back to the readers-alone level (+{readers_mem}) from {_s(mem_back)} on",
+        f"({peak_mem * 4 / 1024:.1f} MB), back to the readers-alone level (+{readers_mem}) from {_s(mem_back)} on, "
+        f"at the end {crowded['samples'][-1][2]:+d} pages",
         f"reader latency p50/p99: alone {alone['latency_s']['p50'] * 1000:.1f}/{p99_alone * 1000:.1f} ms, "
         f"with stalled {crowded['latency_s']['p50'] * 1000:.1f}/{p99_crowded * 1000:.1f} ms, "
         f"p99 ratio {p99_crowded / p99_alone:.2f}; reader loss {alone['loss']:.3f} / {crowded['loss']:.3f}",
@@ -262,19 +265,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="publishing time (default 20)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds watched after the deadline")
     parser.add_argument("--config", default="{}", help="SSE_* settings as JSON: '{\"SSE_SEND_TIMEOUT\": 5}'")
+    parser.add_argument("--rounds", type=int, default=1, help="alone + stalled pairs; the p99 ratio's median")
     parser.add_argument("--stall-child", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stall_child:
         stall_child(args.stall_child, args.stalled)
         return
-    alone = run_once(args, 0)
-    crowded = run_once(args, args.stalled)
-    text = report(alone, crowded, args)
-    print(text)
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        alone = run_once(args, 0)
+        crowded = run_once(args, args.stalled)
+        text = report(alone, crowded, args)
+        print(f"round {number}:\n{text}" if args.rounds > 1 else text, flush=True)
+        rounds.append({"alone": alone, "stalled": crowded, "report": text})
+    if args.rounds > 1:
+        ratios = [r["stalled"]["latency_s"]["p99"] / r["alone"]["latency_s"]["p99"] for r in rounds]
+        print(
+            f"p99 ratio per round: {', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}"
+        )
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     path = results / time.strftime("stalled-%Y%m%d-%H%M%S.json")
-    path.write_text(json.dumps({"alone": alone, "stalled": crowded, "report": text}, indent=1))
+    path.write_text(json.dumps({"rounds": rounds}, indent=1))
     print(f"saved {path}")
 
 
