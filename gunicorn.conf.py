@@ -24,5 +24,5 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
-# Access log lines with '?token=...' (EventSource cannot send headers) show '[redacted]'.
+# Log lines (access and error) with '?token=...' or '?ticket=...' show '[redacted]'.
 logger_class = "flask_sse_ext.gunicorn.RedactingLogger"
