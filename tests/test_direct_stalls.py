@@ -72,8 +72,8 @@ def test_stalled_direct_client_is_reset_and_its_generator_stopped(start_server: 
     the server's write for good, holding its greenlet and the app's generator (and whatever
     upstream call it had open)."""
     server = start_server(config=CONFIG)
-    since = time.monotonic()
     stalled = RawStream(server.port, "/flood/stalled", rcvbuf=4096)
+    since = time.monotonic()  # the stall starts with the server's first writes, after the head
     assert stalled.status == 200
     assert _server_send_buffer(server, stalled.sock) <= 2 * SEND_BUFFER  # Linux counts it twice
     elapsed = _reset_in_time(server, stalled, since)
@@ -109,7 +109,6 @@ def test_stalled_reader_of_a_resumable_answer_is_reset_and_the_owner_goes_on(
     assert status == 200
     headers = {"Authorization": f"Bearer {token.decode() if isinstance(token, bytes) else token}"}
     count = 300
-    since = time.monotonic()
     stalled = RawStream(
         server.port,
         f"/answer/stalled?count={count}&pace=0.01&pad={16 * 1024}",
@@ -117,6 +116,7 @@ def test_stalled_reader_of_a_resumable_answer_is_reset_and_the_owner_goes_on(
         method="POST",
         rcvbuf=4096,
     )
+    since = time.monotonic()
     assert stalled.status == 200
     stream_id = stalled.headers["x-sse-stream"]
     assert _server_send_buffer(server, stalled.sock) <= 2 * SEND_BUFFER
