@@ -93,6 +93,7 @@ class Client:
         "beat_due",
         "deadline",
         "send_deadline",
+        "behind",
         "parked",
         "pending",
     )
@@ -134,6 +135,9 @@ class Client:
         self.deadline: Optional[float] = None
         #: The send timeout's bookkeeping, made and asked by the hub's ticker.
         self.send_deadline: Optional[SendDeadline] = None
+        #: Set by the ticker while data sent to the client waits unacknowledged from one of its
+        #: looks to the next: the fan-out then writes to it after the streams that keep up.
+        self.behind = False
         #: The stream, while it waits for ``wake`` and may be written to directly; else ``None``.
         self.parked: Optional[Writer] = None
         #: The rest of a direct write that the socket did not take, for the stream to send

@@ -266,6 +266,10 @@ class SendDeadline:
             return False
         return now - self.since >= self.timeout
 
+    def behind(self, now: float) -> bool:
+        """Whether what waited at an earlier ``passed`` (at ``since``) still waits at ``now``."""
+        return self.target >= 0 and self.since < now
+
 
 def guard(
     environ: Dict[str, Any],

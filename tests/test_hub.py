@@ -119,3 +119,69 @@ def test_a_waiting_client_is_written_directly_unless_the_pace_says_queue() -> No
     wait_until(lambda: len(client.queue) == 2)
     assert client.queue == [second, third] and writer.pushed == [first]
     hub.detach(client)  # the hub's ticker lives on: it must not write to this writer later
+
+
+class _InOrder:
+    """A direct writer that records, in ``order``, which client each event was written to."""
+
+    def __init__(self, order: List[int], number: int) -> None:
+        self.order = order
+        self.number = number
+
+    def push(self, message: Message) -> None:
+        self.order.append(self.number)
+
+    def beat(self) -> None:
+        pass
+
+
+def test_the_fan_out_writes_clients_in_the_order_they_came_and_those_behind_last() -> None:
+    """Writing an event into the kernel buffers of clients that stopped reading takes time (a
+    thousand of them, 16 KB events: over 10 ms), so the fan-out writes to a channel's clients
+    in the order they came, and moves last one whose sent data the ticker finds still
+    unacknowledged from one look to the next: the readers that keep up go first
+    (``bench/stalled.py``). Real sockets: the stalled one has a full send queue."""
+    broker = MemoryBroker(100)
+    hub = Hub(broker, heartbeat=0.2, send_timeout=60.0)  # looks every 0.1 s, cuts none here
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect(listener.getsockname())
+        stalled, _ = listener.accept()
+    with peer, stalled:
+        order: List[int] = []
+        clients = []
+        for number in range(10):
+            client = Client(("c",), 100, sock=stalled if number == 3 else None)
+            client.parked = _InOrder(order, number)
+            hub.attach(client)
+            clients.append(client)
+
+        def fan_out() -> List[int]:
+            order.clear()
+            broker.publish("c", b"data: x\n")
+            wait_until(lambda: len(order) == len(clients))  # the broker's dispatcher delivers
+            return order[:]
+
+        assert fan_out() == list(range(10))
+        stalled.setblocking(False)
+        sent = 0
+        with pytest.raises(BlockingIOError):
+            while True:
+                sent += stalled.send(b"x" * 65536)
+        wait_until(lambda: clients[3].behind, message="the ticker never saw the stalled client")
+        assert fan_out() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 3]
+        late = Client(("c",), 100)
+        late.parked = _InOrder(order, 10)
+        hub.attach(late)
+        clients.append(late)
+        assert fan_out() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 3, 10]  # a new client after it
+
+        received = 0
+        while received < sent:
+            received += len(peer.recv(1 << 20))
+        wait_until(lambda: not clients[3].behind, message="the ticker never saw it catch up")
+        assert clients[3].closed is None  # slow is not cut before the send timeout
+        assert fan_out() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 3, 10]  # caught up: no move
+        for client in clients:
+            hub.detach(client)
