@@ -153,8 +153,10 @@ class Hub:
     def _tick(self) -> None:
         # Heartbeats are kept to within a second: a scan of every client costs a few
         # milliseconds per 10,000 streams (one more system call each for the send timeout). A
-        # deadline due before the next scan gets a scan of its own, on time. The send
-        # timeout is checked eight times per timeout: a cut comes at most two scans late.
+        # deadline due before the next scan gets a scan of its own, on time, and so does a
+        # send deadline: the scan that first sees a stream's data waiting comes at most one
+        # period after it was written, and the stream is cut at most that late. (Counting
+        # scans would not do: a sleep may end a little early, by the event loop's clock.)
         period = min(self.heartbeat / 2, 1.0)
         send_timeout = self.send_timeout
         stats = self.stats
@@ -193,11 +195,13 @@ class Hub:
                 if send_timeout is not None and _stalled(client, now, send_timeout):
                     client.cut(TIMED_OUT)
                     continue
-                if client.send_deadline is not None:
-                    behind = client.send_deadline.behind(now)
+                send_deadline = client.send_deadline
+                if send_deadline is not None:
+                    behind = send_deadline.behind(now)
                     if behind and not client.behind:
                         self._last(client)
                     client.behind = behind
+                    soonest = min(soonest, send_deadline.due())
                 if client.active:
                     client.active = False
                     client.quiet_since = now

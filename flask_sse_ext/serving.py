@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import logging
+import math
 import os
 import socket
 import ssl
@@ -213,6 +214,9 @@ def _find_malloc_trim() -> Any:
 
 _malloc_trim = _find_malloc_trim()
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+#: Seconds between two checks of a direct stream's send deadline, at most: with ``watch_send``'s
+#: eight checks per timeout alone, a 10 s timeout would be checked every 1.25 s.
+SEND_CHECK_PERIOD = 0.5
 _OUTQ = bytearray(4)
 #: ``struct tcp_info`` up to ``tcpi_bytes_acked`` (Linux 4.1+), a 64-bit field at offset 120.
 _TCP_INFO_LENGTH = 128
@@ -255,6 +259,7 @@ class SendDeadline:
     def passed(self, sock: socket.socket, now: float) -> bool:
         progress = send_progress(sock)
         if progress is None:
+            self.target = -1  # nothing to go by: no wait is kept (``due`` is never)
             return False
         waiting, acked = progress
         if self.target >= 0 and (not waiting or acked >= self.target):
@@ -269,6 +274,10 @@ class SendDeadline:
     def behind(self, now: float) -> bool:
         """Whether what waited at an earlier ``passed`` (at ``since``) still waits at ``now``."""
         return self.target >= 0 and self.since < now
+
+    def due(self) -> float:
+        """When ``passed`` turns true unless what waits drains (``inf`` while nothing waits)."""
+        return self.since + self.timeout if self.target >= 0 else math.inf
 
 
 def guard(
@@ -294,12 +303,12 @@ def guard(
 def watch_send(sock: socket.socket, timeout: float, on_cut: Callable[..., None], *args: Any) -> Any:
     """Reset ``sock`` (``abort``) and call ``on_cut(*args)`` once its sent data has not drained
     within ``timeout`` seconds (``SendDeadline``). For a stream that has no hub ticker to do
-    it: its own write may be the one stuck. One libev timer checks eight times per timeout, so
-    a cut comes at most a quarter of the timeout late; no greenlet. Returns the watcher, for
-    ``unwatch``."""
+    it: its own write may be the one stuck. One libev timer checks eight times per timeout, at
+    most every ``SEND_CHECK_PERIOD``, and a cut comes at most two checks late (one second with
+    the default timeout); no greenlet. Returns the watcher, for ``unwatch``."""
     import gevent
 
-    period = timeout / 8
+    period = min(timeout / 8, SEND_CHECK_PERIOD)
     timer = gevent.get_hub().loop.timer(period, period)
     timer.start(_check_send, timer, sock, SendDeadline(timeout), on_cut, *args)
     return timer

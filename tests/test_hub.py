@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import socket
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -11,6 +12,7 @@ from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.brokers.memory import MemoryBroker
 from flask_sse_ext.client import LAGGED, SHUTDOWN, Client
 from flask_sse_ext.hub import Hub
+from flask_sse_ext.serving import SendDeadline
 from support.waiting import wait_until
 
 
@@ -121,6 +123,27 @@ def test_a_waiting_client_is_written_directly_unless_the_pace_says_queue() -> No
     hub.detach(client)  # the hub's ticker lives on: it must not write to this writer later
 
 
+def _stalled_connection() -> Tuple[socket.socket, socket.socket]:
+    """A loopback connection whose reading end (first) has a 4 KB receive buffer, and the
+    writing end (second), non-blocking."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect(listener.getsockname())
+        writer, _ = listener.accept()
+    writer.setblocking(False)
+    return peer, writer
+
+
+def _fill(sock: socket.socket) -> int:
+    """Send until the kernel takes no more; the bytes sent."""
+    sent = 0
+    with pytest.raises(BlockingIOError):
+        while True:
+            sent += sock.send(b"x" * 65536)
+    return sent
+
+
 class _InOrder:
     """A direct writer that records, in ``order``, which client each event was written to."""
 
@@ -143,11 +166,7 @@ def test_the_fan_out_writes_clients_in_the_order_they_came_and_those_behind_last
     (``bench/stalled.py``). Real sockets: the stalled one has a full send queue."""
     broker = MemoryBroker(100)
     hub = Hub(broker, heartbeat=0.2, send_timeout=60.0)  # looks every 0.1 s, cuts none here
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        peer = socket.socket()
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        peer.connect(listener.getsockname())
-        stalled, _ = listener.accept()
+    peer, stalled = _stalled_connection()
     with peer, stalled:
         order: List[int] = []
         clients = []
@@ -164,11 +183,7 @@ def test_the_fan_out_writes_clients_in_the_order_they_came_and_those_behind_last
             return order[:]
 
         assert fan_out() == list(range(10))
-        stalled.setblocking(False)
-        sent = 0
-        with pytest.raises(BlockingIOError):
-            while True:
-                sent += stalled.send(b"x" * 65536)
+        sent = _fill(stalled)
         wait_until(lambda: clients[3].behind, message="the ticker never saw the stalled client")
         assert fan_out() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 3]
         late = Client(("c",), 100)
@@ -185,3 +200,28 @@ def test_the_fan_out_writes_clients_in_the_order_they_came_and_those_behind_last
         assert fan_out() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 3, 10]  # caught up: no move
         for client in clients:
             hub.detach(client)
+
+
+def test_a_send_deadline_runs_from_the_first_look_that_sees_data_waiting() -> None:
+    """``SendDeadline`` on a real socket: ``passed`` turns true ``timeout`` after the look that
+    first saw data unacknowledged, at ``due`` (the hub's ticker scans then, not at its next
+    regular look), unless it drains; ``behind`` from the next look on. A socket the kernel no
+    longer tells about (closed) keeps no wait, so no scan is ever due for it."""
+    peer, writer = _stalled_connection()
+    with peer, writer:
+        deadline = SendDeadline(10.0)
+        assert not deadline.passed(writer, 100.0) and deadline.due() == math.inf
+        sent = _fill(writer)
+        assert not deadline.passed(writer, 100.0)
+        assert deadline.due() == 110.0 and not deadline.behind(100.0)
+        assert not deadline.passed(writer, 109.9) and deadline.behind(109.9)
+        assert deadline.passed(writer, 110.0)
+        received = 0
+        while received < sent:
+            received += len(peer.recv(1 << 20))
+        wait_until(lambda: not deadline.passed(writer, 111.0) and deadline.due() == math.inf)
+        assert not deadline.behind(111.0)
+        _fill(writer)
+        assert not deadline.passed(writer, 120.0) and deadline.due() == 130.0
+    assert not deadline.passed(writer, 125.0)  # closed: the kernel does not tell
+    assert deadline.due() == math.inf
