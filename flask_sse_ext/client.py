@@ -14,7 +14,7 @@ from typing import List, Optional, Protocol, Tuple
 
 from .brokers.base import Message
 from .conflation import replace_keyed
-from .serving import SendDeadline, abort
+from .sendwatch import SendDeadline, abort
 
 __all__ = [
     "Client",
@@ -136,7 +136,8 @@ class Client:
         #: The send timeout's bookkeeping, made and asked by the hub's ticker.
         self.send_deadline: Optional[SendDeadline] = None
         #: Set by the ticker while data sent to the client waits unacknowledged from one of its
-        #: looks to the next: the fan-out then writes to it after the streams that keep up.
+        #: looks to the next. When it is set, the ticker moves the client last in the fan-out,
+        #: behind the streams that keep up; it stays there once it catches up.
         self.behind = False
         #: The stream, while it waits for ``wake`` and may be written to directly; else ``None``.
         self.parked: Optional[Writer] = None

@@ -19,7 +19,8 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from .brokers.base import Broker, Message
 from .client import EXPIRED, RESYNC, SHUTDOWN, TIMED_OUT, Client, Stats
 from .pace import Pace
-from .serving import SendDeadline, process_name, release_free_memory
+from .sendwatch import SendDeadline
+from .serving import process_name, release_free_memory
 
 __all__ = ["Hub", "shutdown_all"]
 
@@ -154,9 +155,10 @@ class Hub:
         # Heartbeats are kept to within a second: a scan of every client costs a few
         # milliseconds per 10,000 streams (one more system call each for the send timeout). A
         # deadline due before the next scan gets a scan of its own, on time, and so does a
-        # send deadline: the scan that first sees a stream's data waiting comes at most one
-        # period after it was written, and the stream is cut at most that late. (Counting
-        # scans would not do: a sleep may end a little early, by the event loop's clock.)
+        # send deadline. The scan that first sees a stream's data waiting comes at most one
+        # period after it was written (hence eight periods per send timeout), and the stream
+        # is cut at most that late. (Counting scans would not do: a sleep may end a little
+        # early, by the event loop's clock.)
         period = min(self.heartbeat / 2, 1.0)
         send_timeout = self.send_timeout
         stats = self.stats
@@ -196,7 +198,7 @@ class Hub:
                     client.cut(TIMED_OUT)
                     continue
                 send_deadline = client.send_deadline
-                if send_deadline is not None:
+                if send_deadline is not None and (send_deadline.target >= 0 or client.behind):
                     behind = send_deadline.behind(now)
                     if behind and not client.behind:
                         self._last(client)

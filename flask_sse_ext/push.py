@@ -21,7 +21,7 @@ from .client import GONE, RESET, Client
 from .compression import GzipEncoder
 from .event import comment
 from .hub import Hub
-from .serving import abort
+from .sendwatch import abort
 
 __all__ = ["DirectWrites", "HEARTBEAT"]
 

@@ -3,9 +3,7 @@
 Under WSGI the only sign that a client left is usually a failed write, found at the next
 heartbeat. Under gunicorn's gevent worker we can do better: the connection's socket is in the
 environ, and a read watcher on it sees the client's FIN (or TLS close_notify) at once, without
-a greenlet per stream. The kernel also tells how much sent data the client has not
-acknowledged yet (``send_progress``), which is how a stalled or half-open client is found, and
-a client cut for that gets a reset (``abort``) that frees its buffers at once.
+a greenlet per stream. What the kernel tells of the data sent on it is in ``sendwatch``.
 
 All of it assumes the connection carries this one response: under HTTP/2 (``http2``) it is
 shared by every stream of a browser, and nothing here touches it: every stream response (channel,
@@ -15,20 +13,17 @@ direct, resumable, job) answers ``http2_refusal`` instead.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import logging
-import math
 import os
 import socket
 import ssl
-import struct
 import sys
-import termios
-import time
 from types import FrameType
 from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
 
 from flask import Response
+
+from .sendwatch import limit_send_buffer, watch_send
 
 __all__ = [
     "gevent_active",
@@ -36,13 +31,7 @@ __all__ = [
     "tls_layer",
     "watch_disconnect",
     "unwatch",
-    "shutdown",
-    "abort",
-    "limit_send_buffer",
     "release_free_memory",
-    "send_progress",
-    "SendDeadline",
-    "watch_send",
     "guard",
     "server_response",
     "http2",
@@ -161,42 +150,6 @@ def unwatch(*watchers: Any) -> None:
             watcher.close()
 
 
-def shutdown(sock: socket.socket, how: int) -> None:
-    """``sock.shutdown(how)``, ignoring a connection that is already gone.
-
-    ``SHUT_RDWR`` unblocks a write stuck on a client that stopped reading; ``SHUT_RD`` makes
-    the server close the connection once the response is complete, so the browser's reconnect
-    opens a new one (to a live worker) instead of reusing this one.
-    """
-    try:
-        sock.shutdown(how)
-    except OSError:
-        pass
-
-
-def abort(sock: socket.socket) -> None:
-    """Cut ``sock`` so that its close resets the connection: ``SO_LINGER`` (on, 0 s) makes the
-    kernel drop what is still queued for the client and send a RST, instead of holding the
-    data (megabytes for a client that stopped reading) until the client reads it or TCP gives
-    up. The shutdown wakes a write stuck on the client; gunicorn then closes the socket."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-    except OSError:
-        pass
-    shutdown(sock, socket.SHUT_RDWR)
-
-
-def limit_send_buffer(sock: socket.socket, size: int) -> None:
-    """Cap the kernel's send buffer of ``sock`` at ``size`` bytes (``SO_SNDBUF``; Linux counts
-    twice that with its bookkeeping). Left alone, Linux grows it up to ``tcp_wmem``'s maximum
-    (4 MB) for a client that stops reading, so a thousand stalled clients would pin gigabytes
-    of kernel memory, and the memory pressure would slow every connection of the machine."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-    except OSError:
-        pass
-
-
 def release_free_memory() -> None:
     """Give memory the process freed back to the system (glibc's ``malloc_trim``; nothing
     elsewhere). Events of kilobytes live outside Python's small-object allocator, and what
@@ -213,71 +166,6 @@ def _find_malloc_trim() -> Any:
 
 
 _malloc_trim = _find_malloc_trim()
-_LINGER_ZERO = struct.pack("ii", 1, 0)
-#: Seconds between two checks of a direct stream's send deadline, at most: with ``watch_send``'s
-#: eight checks per timeout alone, a 10 s timeout would be checked every 1.25 s.
-SEND_CHECK_PERIOD = 0.5
-_OUTQ = bytearray(4)
-#: ``struct tcp_info`` up to ``tcpi_bytes_acked`` (Linux 4.1+), a 64-bit field at offset 120.
-_TCP_INFO_LENGTH = 128
-_TCP_INFO = getattr(socket, "TCP_INFO", 11)
-
-
-def send_progress(sock: socket.socket) -> Optional[Tuple[int, int]]:
-    """``(unacknowledged, acknowledged)``: bytes written to ``sock`` that the client has not
-    acknowledged yet, and bytes it has acknowledged since the connection opened. ``(0, 0)``
-    when nothing waits (one system call); ``None`` where the kernel does not tell (not Linux,
-    or the socket is closed)."""
-    try:
-        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _OUTQ)  # SIOCOUTQ on a TCP socket
-        waiting = int.from_bytes(_OUTQ, sys.byteorder)
-        if not waiting:
-            return 0, 0
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LENGTH)
-    except (OSError, ValueError):
-        return None
-    if len(info) < _TCP_INFO_LENGTH:
-        return None
-    return waiting, struct.unpack_from("Q", info, 120)[0]
-
-
-class SendDeadline:
-    """The write deadline of one connection: ``passed`` is true once what was waiting in its
-    send queue ``timeout`` seconds ago (or more) has still not been acknowledged. Asked with
-    each write or heartbeat, that is true of a client that stopped reading or vanished,
-    however quiet its stream."""
-
-    __slots__ = ("timeout", "target", "since")
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        #: The count of acknowledged bytes at which what waited at ``since`` has drained
-        #: (-1: nothing waits).
-        self.target = -1
-        self.since = 0.0
-
-    def passed(self, sock: socket.socket, now: float) -> bool:
-        progress = send_progress(sock)
-        if progress is None:
-            self.target = -1  # nothing to go by: no wait is kept (``due`` is never)
-            return False
-        waiting, acked = progress
-        if self.target >= 0 and (not waiting or acked >= self.target):
-            self.target = -1  # drained: a later write starts a new wait
-        if self.target < 0:
-            if waiting:
-                self.target = acked + waiting
-                self.since = now
-            return False
-        return now - self.since >= self.timeout
-
-    def behind(self, now: float) -> bool:
-        """Whether what waited at an earlier ``passed`` (at ``since``) still waits at ``now``."""
-        return self.target >= 0 and self.since < now
-
-    def due(self) -> float:
-        """When ``passed`` turns true unless what waits drains (``inf`` while nothing waits)."""
-        return self.since + self.timeout if self.target >= 0 else math.inf
 
 
 def guard(
@@ -298,29 +186,6 @@ def guard(
     if send_buffer is not None:
         limit_send_buffer(sock, send_buffer)
     return watcher, None if send_timeout is None else watch_send(sock, send_timeout, on_timed_out)
-
-
-def watch_send(sock: socket.socket, timeout: float, on_cut: Callable[..., None], *args: Any) -> Any:
-    """Reset ``sock`` (``abort``) and call ``on_cut(*args)`` once its sent data has not drained
-    within ``timeout`` seconds (``SendDeadline``). For a stream that has no hub ticker to do
-    it: its own write may be the one stuck. One libev timer checks eight times per timeout, at
-    most every ``SEND_CHECK_PERIOD``, and a cut comes at most two checks late (one second with
-    the default timeout); no greenlet. Returns the watcher, for ``unwatch``."""
-    import gevent
-
-    period = min(timeout / 8, SEND_CHECK_PERIOD)
-    timer = gevent.get_hub().loop.timer(period, period)
-    timer.start(_check_send, timer, sock, SendDeadline(timeout), on_cut, *args)
-    return timer
-
-
-def _check_send(
-    timer: Any, sock: socket.socket, deadline: SendDeadline, on_cut: Callable[..., None], *args: Any
-) -> None:
-    if deadline.passed(sock, time.monotonic()):
-        timer.stop()  # drops the callback and its arguments
-        abort(sock)
-        on_cut(*args)
 
 
 def server_response(caller: Optional[FrameType], response: Any) -> Any:

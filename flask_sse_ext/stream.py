@@ -23,15 +23,8 @@ from .cursor import current_id, cursors_for, encode_compound
 from .event import cursor_comment, frame, missed_event, retry_line, unavailable
 from .hub import Hub
 from .push import HEARTBEAT, DirectWrites
-from .serving import (
-    limit_send_buffer,
-    raw_socket,
-    server_response,
-    shutdown,
-    tls_layer,
-    unwatch,
-    watch_disconnect,
-)
+from .sendwatch import limit_send_buffer, shutdown
+from .serving import raw_socket, server_response, tls_layer, unwatch, watch_disconnect
 
 __all__ = ["HEADERS", "open_stream"]
 

@@ -12,7 +12,7 @@ from flask_sse_ext.brokers.base import Message
 from flask_sse_ext.brokers.memory import MemoryBroker
 from flask_sse_ext.client import LAGGED, SHUTDOWN, Client
 from flask_sse_ext.hub import Hub
-from flask_sse_ext.serving import SendDeadline
+from flask_sse_ext.sendwatch import SendDeadline, check_period
 from support.waiting import wait_until
 
 
@@ -160,7 +160,7 @@ class _InOrder:
 
 def test_the_fan_out_writes_clients_in_the_order_they_came_and_those_behind_last() -> None:
     """Writing an event into the kernel buffers of clients that stopped reading takes time (a
-    thousand of them, 16 KB events: over 10 ms), so the fan-out writes to a channel's clients
+    thousand of them, 16 KB events: 14 to 35 ms in bench/stalled.py), so the fan-out writes to a channel's clients
     in the order they came, and moves last one whose sent data the ticker finds still
     unacknowledged from one look to the next: the readers that keep up go first
     (``bench/stalled.py``). Real sockets: the stalled one has a full send queue."""
@@ -225,3 +225,11 @@ def test_a_send_deadline_runs_from_the_first_look_that_sees_data_waiting() -> No
         assert not deadline.passed(writer, 120.0) and deadline.due() == 130.0
     assert not deadline.passed(writer, 125.0)  # closed: the kernel does not tell
     assert deadline.due() == math.inf
+
+
+def test_a_direct_stream_checks_its_send_deadline_at_least_every_half_second() -> None:
+    """``watch_send`` (direct and resumable streams) checks eight times per timeout, but at
+    least every 0.5 s: a cut comes at most two checks late, one second with the default 10 s
+    (not 2.5 s, with a check every 1.25 s)."""
+    assert check_period(10.0) == 0.5
+    assert check_period(2.0) == 0.25
